@@ -1,0 +1,82 @@
+"""The optimizers: chains of the building-block transforms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+from adam_optax._bias_correction import bias_correction
+from adam_optax._learning_rate import scale_by_lr
+from adam_optax._moments import scale_by_moments
+from adam_optax._validation import check_decay, check_nonnegative, check_rate
+
+
+def adam(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: Any = 0.9,
+  b2: Any = 0.999,
+  eps: Any = 1e-8,
+  eps_root: Any = 0.0,
+  mu_dtype: Any = None,
+  *,
+  nesterov: bool = False,
+  nu_dtype: Any = None,
+) -> optax.GradientTransformation:
+  r"""Adam (Kingma & Ba, 2015), a drop-in replacement for :func:`optax.adam`.
+
+  .. math::
+
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+    v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2, \\
+    \hat m_t &= \frac{m_t}{1 - \beta_1^t}, \qquad
+    \hat v_t = \frac{v_t}{1 - \beta_2^t}, \\
+    \theta_t &= \theta_{t-1} - \eta_t\,
+      \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}.
+
+  It is literally ``optax.chain(scale_by_moments(...), bias_correction(...),
+  scale_by_lr(learning_rate))``, and its trajectory matches ``optax.adam`` and
+  ``torch.optim.Adam`` (see the parity tests), including where :math:`\epsilon`
+  dominates. Unlike ``optax.adam`` it keeps half-precision params finite on
+  all-zero gradients and accepts ``nu_dtype``.
+
+  Args:
+    learning_rate: :math:`\eta`, a number ``>= 0`` or an optax schedule.
+    b1: :math:`\beta_1`, decay of the first-moment EMA, in ``[0, 1)``.
+    b2: :math:`\beta_2`, decay of the second-moment EMA, in ``[0, 1)``.
+    eps: :math:`\epsilon`, added outside the square root, ``>= 0``.
+    eps_root: :math:`\epsilon_{root}`, added inside the square root, ``>= 0``.
+    mu_dtype: dtype of the first moment in the state (default: the params').
+    nesterov: use Nesterov momentum (NAdam, Dozat 2016).
+    nu_dtype: dtype of the second moment in the state (default: the params').
+
+  Returns:
+    An :class:`optax.GradientTransformation`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import adam_optax
+    >>> optimizer = adam_optax.adam(learning_rate=0.1)
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = optimizer.init(params)
+    >>> updates, state = optimizer.update(jnp.array([0.5, -3.0]), state)
+    >>> optax.apply_updates(params, updates)  # the first step is -lr * sign(g)
+    Array([ 0.9, -1.9], dtype=float32)
+
+  References:
+    Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015,
+    https://arxiv.org/abs/1412.6980.
+  """
+  check_rate("adam", "learning_rate", learning_rate)
+  check_decay("adam", "b1", b1)
+  check_decay("adam", "b2", b2)
+  check_nonnegative("adam", "eps", eps)
+  check_nonnegative("adam", "eps_root", eps_root)
+  return optax.chain(
+    scale_by_moments(
+      b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov
+    ),
+    bias_correction(b1, b2),
+    scale_by_lr(learning_rate),
+  )

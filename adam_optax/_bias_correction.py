@@ -1,0 +1,72 @@
+r"""``bias_correction``: undoes the zero-initialisation bias of Adam's EMAs."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adam_optax import _numerics as num
+from adam_optax._scaling import scale_tree
+from adam_optax._validation import check_decay
+
+
+class BiasCorrectionState(NamedTuple):
+  """State of :func:`bias_correction`.
+
+  Attributes:
+    count: number of updates applied so far (int32, saturating).
+  """
+
+  count: jax.Array
+
+
+def bias_correction(b1: Any = 0.9, b2: Any = 0.999) -> optax.GradientTransformation:
+  r"""Multiplies updates by Adam's bias-correction factor for step :math:`t`.
+
+  .. math::
+
+    u_t \mapsto \frac{\sqrt{1 - \beta_2^t}}{1 - \beta_1^t}\, u_t .
+
+  After :func:`scale_by_moments` with the same :math:`\beta_1, \beta_2` this
+  turns its ratio into Kingma & Ba's bias-corrected step
+  :math:`\hat m_t / (\sqrt{\hat v_t} + \epsilon)` exactly (end of their
+  Section 2). :math:`1 - \beta^t` is evaluated as
+  :math:`-\operatorname{expm1}(t\log\beta)`, accurate to a few ulps for every
+  :math:`t`, and the factor tends to 1 as :math:`t` grows.
+
+  Args:
+    b1: decay of the first-moment EMA being corrected, in ``[0, 1)``.
+    b2: decay of the second-moment EMA being corrected, in ``[0, 1)``.
+
+  Returns:
+    An :class:`optax.GradientTransformation` with state
+    :class:`BiasCorrectionState`.
+
+  References:
+    Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015,
+    https://arxiv.org/abs/1412.6980, Section 3.
+  """
+  owner = "bias_correction"
+  check_decay(owner, "b1", b1)
+  check_decay(owner, "b2", b2)
+
+  def init_fn(params: optax.Params) -> BiasCorrectionState:
+    del params
+    return BiasCorrectionState(count=num.zero_count())
+
+  def update_fn(
+    updates: optax.Updates, state: BiasCorrectionState, params: optax.Params | None = None
+  ) -> tuple[optax.Updates, BiasCorrectionState]:
+    del params
+    count = num.saturating_increment(state.count)
+
+    def factor(dtype: Any) -> jax.Array:
+      bias1 = num.one_minus_power(b1, count, dtype)
+      return jnp.sqrt(num.one_minus_power(b2, count, dtype)) / bias1
+
+    return scale_tree(updates, factor), BiasCorrectionState(count=count)
+
+  return optax.GradientTransformation(init_fn, update_fn)

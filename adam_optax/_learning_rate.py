@@ -1,0 +1,73 @@
+"""``scale_by_lr``: the descent step, by a constant or a scheduled rate."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adam_optax import _numerics as num
+from adam_optax._scaling import scale_tree
+from adam_optax._validation import check_rate
+
+
+class ScaleByLrState(NamedTuple):
+  """State of :func:`scale_by_lr` when the rate is a schedule.
+
+  Attributes:
+    count: number of updates applied so far (int32, saturating); the
+      schedule is evaluated at it, so the first update uses ``schedule(0)``.
+  """
+
+  count: jax.Array
+
+
+def scale_by_lr(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+  r"""Multiplies updates by :math:`-\eta_t`, turning a direction into a descent step.
+
+  .. math::
+
+    u_t \mapsto -\eta_t\, u_t, \qquad
+    \eta_t = \text{learning\_rate} \text{ or } \text{learning\_rate}(t - 1).
+
+  Args:
+    learning_rate: a number ``>= 0``, a scalar array (possibly traced, as
+      under :func:`optax.inject_hyperparams`), or an optax schedule mapping the
+      step count (starting at 0) to the rate.
+
+  Returns:
+    An :class:`optax.GradientTransformation`; its state is
+    :class:`optax.EmptyState` for a constant rate and :class:`ScaleByLrState`
+    for a schedule.
+  """
+  check_rate("scale_by_lr", "learning_rate", learning_rate)
+
+  if not callable(learning_rate):
+
+    def init_constant(params: optax.Params) -> optax.EmptyState:
+      del params
+      return optax.EmptyState()
+
+    def update_constant(
+      updates: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, optax.EmptyState]:
+      del params
+      return scale_tree(updates, lambda dtype: -jnp.asarray(learning_rate, dtype)), state
+
+    return optax.GradientTransformation(init_constant, update_constant)
+
+  def init_scheduled(params: optax.Params) -> ScaleByLrState:
+    del params
+    return ScaleByLrState(count=num.zero_count())
+
+  def update_scheduled(
+    updates: optax.Updates, state: ScaleByLrState, params: optax.Params | None = None
+  ) -> tuple[optax.Updates, ScaleByLrState]:
+    del params
+    rate = jnp.asarray(learning_rate(state.count))
+    new_updates = scale_tree(updates, lambda dtype: -rate.astype(dtype))
+    return new_updates, ScaleByLrState(count=num.saturating_increment(state.count))
+
+  return optax.GradientTransformation(init_scheduled, update_scheduled)
