@@ -72,10 +72,12 @@ def scale_by_moments(
     eps: added to the root of the bias-corrected second moment, ``>= 0``.
     eps_root: added inside that root, ``>= 0``; make it positive to
       differentiate through the update (the root's derivative at 0 is infinite).
-    mu_dtype: dtype of ``mu`` in the state; ``None`` keeps each param's dtype.
-    nu_dtype: dtype of ``nu`` in the state; ``None`` keeps each param's (real)
-      dtype. ``jnp.float32`` keeps the second moment of bfloat16/float16 params
-      from underflowing.
+    mu_dtype: precision of ``mu`` in the state (complex for complex params);
+      ``None`` keeps each param's dtype.
+    nu_dtype: precision of ``nu`` in the state (always real); ``None`` keeps
+      each param's precision. ``jnp.float32`` with bfloat16 params stops the
+      second moment from stalling: bfloat16's 8-bit mantissa cannot hold an
+      increment of ``(1 - b2) g^2`` once ``v`` is a few hundred times larger.
     nesterov: use Nesterov momentum (Dozat, 2016) in the numerator.
 
   Returns:
@@ -96,11 +98,12 @@ def scale_by_moments(
   nu_dtype = check_float_dtype(owner, "nu_dtype", nu_dtype)
 
   def init_fn(params: optax.Params) -> ScaleByMomentsState:
-    def zeros(param: jax.Array, dtype: Any) -> jax.Array:
+    def zeros(param: jax.Array, requested: Any, *, real: bool) -> jax.Array:
+      dtype = num.state_dtype(jnp.result_type(param), requested, real=real)
       return jnp.zeros(jnp.shape(param), dtype)
 
-    mu = jax.tree.map(lambda p: zeros(p, mu_dtype or jnp.result_type(p)), params)
-    nu = jax.tree.map(lambda p: zeros(p, nu_dtype or num.real_dtype(jnp.result_type(p))), params)
+    mu = jax.tree.map(lambda p: zeros(p, mu_dtype, real=False), params)
+    nu = jax.tree.map(lambda p: zeros(p, nu_dtype, real=True), params)
     return ScaleByMomentsState(count=num.zero_count(), mu=mu, nu=nu)
 
   def update_fn(

@@ -33,12 +33,37 @@ def compute_dtype(dtype: Any) -> np.dtype:
   dtype): ``eps = 1e-8`` is not representable in float16, which is why an
   all-zero float16 gradient gives ``0 / 0`` in a float16 computation.
   """
-  return np.dtype(jnp.promote_types(dtype, jnp.float32))
+  dtype = np.dtype(dtype)
+  if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+    return np.dtype(jnp.float32)
+  return dtype
 
 
 def real_dtype(dtype: Any) -> np.dtype:
   """The real dtype of the same precision: ``complex64 -> float32``."""
   return np.dtype(jnp.finfo(dtype).dtype)
+
+
+def state_dtype(param_dtype: Any, requested: Any, *, real: bool) -> np.dtype:
+  """The dtype a moment of a ``param_dtype`` param is stored in.
+
+  Args:
+    param_dtype: the param's dtype.
+    requested: the user's ``mu_dtype``/``nu_dtype`` (a precision), or ``None``
+      for the param's own precision.
+    real: whether the moment is real-valued (the second moment ``|g|^2``).
+
+  Returns:
+    ``requested`` (or the param's dtype) made complex for a complex first
+    moment and real for a second moment: ``mu_dtype=float32`` on complex64
+    params keeps the imaginary part instead of silently dropping it.
+  """
+  dtype = np.dtype(requested if requested is not None else param_dtype)
+  if real or not jnp.issubdtype(param_dtype, jnp.complexfloating):
+    return real_dtype(dtype) if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
+  if jnp.issubdtype(dtype, jnp.complexfloating):
+    return dtype
+  return np.dtype(jnp.complex128 if jnp.finfo(dtype).bits == 64 else jnp.complex64)
 
 
 def squared_magnitude(x: jax.Array) -> jax.Array:
