@@ -60,7 +60,7 @@ def test_mixed_dtype_tree_with_none_and_zero_size_leaves(strict_promotion):
   assert moments.mu["c64"].dtype == jnp.complex64  # ... keeping complex moments complex
   assert moments.nu["c64"].dtype == jnp.float32  # |g|^2 is real
   grads = jax.tree.map(jnp.ones_like, params)
-  new_params, updates, new_state = _step(optimizer, params, state, grads)
+  _, updates, new_state = _step(optimizer, params, state, grads)
   assert _dtypes(new_state) == _dtypes(state)
   assert updates["none"] is None and updates["empty"].shape == (0, 4)
   # The first step is -lr * g/|g| for every (nonzero) coordinate, complex included.
