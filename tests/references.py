@@ -10,6 +10,7 @@ same gradients drive every implementation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -27,7 +28,12 @@ def algorithm1(
   eps: float = 1e-8,
   eps_root: float = 0.0,
 ) -> np.ndarray:
-  """Kingma & Ba (2015), Algorithm 1, in float64 (``eps_root`` as in optax)."""
+  """Kingma & Ba (2015), Algorithm 1, in float64 (``eps_root`` as in optax).
+
+  ``1 - b**t`` is written ``-expm1(t log b)``: the same number, without the
+  cancellation that costs ``1 - b**t`` ~3e-13 (relative) in float64 at
+  ``b = 0.9999``, so the reference is accurate to float64 rounding.
+  """
   theta = np.asarray(params, np.float64)
   m = np.zeros_like(theta)
   v = np.zeros_like(theta)
@@ -36,11 +42,15 @@ def algorithm1(
     g = np.asarray(g, np.float64)
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * g * g
-    m_hat = m / (1 - b1**t)
-    v_hat = v / (1 - b2**t)
+    m_hat = m / _one_minus_power(b1, t)
+    v_hat = v / _one_minus_power(b2, t)
     theta = theta - lr * m_hat / (np.sqrt(v_hat + eps_root) + eps)
     trajectory.append(theta)
   return np.stack(trajectory)
+
+
+def _one_minus_power(b: float, t: int) -> float:
+  return -math.expm1(t * math.log(b)) if b > 0 else 1.0
 
 
 def run_optax(

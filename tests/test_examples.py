@@ -1,0 +1,49 @@
+"""Each example runs as a script and prints what it claims."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_example(script: str, *args: str, timeout: float = 300) -> str:
+  """Runs ``examples/<script>`` in a fresh interpreter; returns its stdout."""
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  result = subprocess.run(
+    [sys.executable, str(ROOT / "examples" / script), *args],
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=env,
+    cwd=ROOT,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-4000:]
+  return result.stdout
+
+
+def test_regression_reports_honest_and_converged_fits():
+  out = run_example("regression.py")
+  fits = re.findall(r"learned w = ([-\d.]+), b = ([-\d.]+)", out)
+  assert len(fits) == 2
+  (w_slow, b_slow), (w_fast, b_fast) = [(float(w), float(b)) for w, b in fits]
+  assert 0.5 < w_slow < 1.5 and 0.5 < b_slow < 1.0  # lr 0.001: on its way, honestly
+  assert abs(w_fast - 2.0) < 1e-3 and abs(b_fast - 1.0) < 1e-3
+  assert len(re.findall(r"step\s+\d+\s+loss", out)) == 20  # every 100 steps, twice
+
+
+@pytest.mark.slow
+def test_flax_mlp_trains_both_optimizers_and_writes_the_plot(tmp_path):
+  png = tmp_path / "loss.png"
+  out = run_example("flax_mlp.py", "--steps", "150", "--out", str(png))
+  accuracies = [float(a) for a in re.findall(r"test accuracy ([\d.]+)", out)]
+  assert len(accuracies) == 2 and min(accuracies) > 0.85
+  assert abs(accuracies[0] - accuracies[1]) < 0.02  # same seed, same batches
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
