@@ -54,42 +54,38 @@ def test_jit_equals_eager():
   assert normwise_error(jitted, eager) < 1e-6  # XLA may fuse differently: rounding only
 
 
+def _jitted_step(optimizer, max_traces=None):
+  def step(params, state, grad):
+    updates, state = optimizer.update(grad, state, params)
+    return optax.apply_updates(params, updates), state
+
+  if max_traces is not None:
+    step = chex.assert_max_traces(step, n=max_traces)
+  return jax.jit(step)
+
+
 def test_second_jitted_step_does_not_retrace():
   optimizer = adam_optax.adam(1e-3)
   params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
   state = optimizer.init(params)
-
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def step(params, state, grads):
-    updates, state = optimizer.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
+  step = _jitted_step(optimizer, max_traces=1)
   for _ in range(3):
-    grads = jax.tree.map(jnp.ones_like, params)
-    params, state = step(params, state, grads)
+    params, state = step(params, state, jax.tree.map(jnp.ones_like, params))
   chex.clear_trace_counter()
 
 
 def test_inject_hyperparams_changes_lr_without_recompiling_and_matches_plain():
   optimizer = optax.inject_hyperparams(adam_optax.adam)(learning_rate=1e-2)
   plain = adam_optax.adam(1e-2)
-  params = jnp.zeros(16)
+  step, plain_step = _jitted_step(optimizer, max_traces=1), _jitted_step(plain)
+  params = plain_params = jnp.zeros(16)
   state, plain_state = optimizer.init(params), plain.init(params)
-  plain_params = params
-
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def step(params, state, grad):
-    updates, state = optimizer.update(grad, state, params)
-    return optax.apply_updates(params, updates), state
-
   for grad in GRADS[:10]:
     params, state = step(params, state, jnp.asarray(grad))
-    updates, plain_state = plain.update(jnp.asarray(grad), plain_state)
-    plain_params = optax.apply_updates(plain_params, updates)
-  # Same code path for traced and concrete hyperparameters: no drift.
-  np.testing.assert_allclose(params, plain_params, rtol=1e-6, atol=1e-9)
+    plain_params, plain_state = plain_step(plain_params, plain_state, jnp.asarray(grad))
+  # Same code path for traced and concrete hyperparameters: no drift at all
+  # (optax.inject_hyperparams(optax.adam) drifts by ~6e-7 from optax.adam here).
+  np.testing.assert_array_equal(params, plain_params)
 
   state.hyperparams["learning_rate"] = jnp.zeros_like(state.hyperparams["learning_rate"])
   frozen, state = step(params, state, jnp.asarray(GRADS[10]))
