@@ -20,7 +20,7 @@ class BiasCorrectionState(NamedTuple):
     count: number of updates applied so far (int32, saturating).
   """
 
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax
 
 
 def bias_correction(b1: Any = 0.9, b2: Any = 0.999) -> optax.GradientTransformation:

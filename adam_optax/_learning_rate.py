@@ -21,7 +21,7 @@ class ScaleByLrState(NamedTuple):
       schedule is evaluated at it, so the first update uses ``schedule(0)``.
   """
 
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax
 
 
 def scale_by_lr(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:

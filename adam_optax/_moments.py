@@ -23,7 +23,7 @@ class ScaleByMomentsState(NamedTuple):
       for complex params).
   """
 
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax
   mu: optax.Updates
   nu: optax.Updates
 

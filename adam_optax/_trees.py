@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -22,8 +24,8 @@ def check_fits_state(owner: str, updates: optax.Updates, state_tree: optax.Updat
     ValueError: the tree structures or a leaf's shape differ.
     TypeError: a gradient leaf is not of a floating or complex dtype.
   """
-  grad_def = jax.tree.structure(updates)
-  state_def = jax.tree.structure(state_tree)
+  grad_def: Any = jax.tree.structure(updates)  # PyTreeDef: jaxlib ships no stub for it
+  state_def: Any = jax.tree.structure(state_tree)
   if grad_def != state_def:
     raise ValueError(
       f"{owner}: the gradient tree's structure differs from the optimizer "
