@@ -14,6 +14,7 @@ import numbers
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -31,7 +32,7 @@ def concrete_scalar(value: Any) -> float | None:
     return float(value)
   if isinstance(value, (np.ndarray, np.generic, jax.Array)):
     array = np.asarray(value)
-    if array.ndim == 0 and np.issubdtype(array.dtype, np.number):
+    if array.ndim == 0 and jnp.issubdtype(array.dtype, jnp.number):
       if np.iscomplexobj(array):
         raise TypeError("a complex number is not a valid hyperparameter")
       return float(array)
@@ -95,7 +96,7 @@ def check_float_dtype(owner: str, name: str, value: Any) -> np.dtype | None:
       f"{owner}({name}={value!r}): {name} must be None or a floating or "
       "complex dtype such as jnp.float32"
     ) from None
-  if not np.issubdtype(dtype, np.inexact):
+  if not jnp.issubdtype(dtype, jnp.inexact):  # np.issubdtype misses bfloat16
     raise ValueError(
       f"{owner}({name}={value!r}): {name} must be None or a floating or "
       f"complex dtype such as jnp.float32; got {dtype}"

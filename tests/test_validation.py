@@ -63,6 +63,15 @@ def test_valid_edge_values_and_numpy_or_jax_scalars_are_accepted():
   adam_optax.adam(np.float32(1e-3), b1=np.float64(0.9), b2=jnp.asarray(0.99))
 
 
+def test_bfloat16_dtypes_and_scalars_are_accepted():
+  """NumPy does not count bfloat16 as inexact; the checks must not copy that."""
+  optimizer = adam_optax.adam(
+    jnp.asarray(1e-3, jnp.bfloat16), mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16
+  )
+  moments = optimizer.init(jnp.ones(2))[0]
+  assert moments.mu.dtype == jnp.bfloat16 and moments.nu.dtype == jnp.bfloat16
+
+
 def test_traced_hyperparameters_pass_through():
   """inject_hyperparams builds the optimizer inside jit, with tracers."""
   optimizer = optax.inject_hyperparams(adam_optax.adam)(learning_rate=1e-2, b1=0.9)
