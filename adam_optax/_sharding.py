@@ -153,6 +153,15 @@ def _zero1_spec(
   return PartitionSpec(*entries)
 
 
+def _check_optimizer(owner: str, optimizer: Any) -> None:
+  if not callable(getattr(optimizer, "init", None)):
+    raise TypeError(
+      f"{owner}(optimizer=...): expected an optax.GradientTransformation (anything "
+      f"with an init(params) method), got {type(optimizer).__name__}; did you pass "
+      "the factory (adam) instead of the optimizer (adam(learning_rate))?"
+    )
+
+
 def state_shardings(
   optimizer: optax.GradientTransformation,
   params: PyTree,
@@ -169,8 +178,9 @@ def state_shardings(
   axis, optimizer state partitioned over it).
 
   Args:
-    optimizer: any :class:`optax.GradientTransformation`; its ``init`` is
-      traced with :func:`jax.eval_shape`, never run.
+    optimizer: any :class:`optax.GradientTransformation` (or object with an
+      ``init``, such as :class:`optax.MultiSteps`); its ``init`` is traced
+      with :func:`jax.eval_shape`, never run.
     params: the params, as arrays or :class:`jax.ShapeDtypeStruct`\\ s; only
       shapes and dtypes are read.
     param_shardings: where the params live: a tree of
@@ -205,11 +215,7 @@ def state_shardings(
     (P('data',), P(), P())
   """
   owner = "state_shardings"
-  if not isinstance(optimizer, optax.GradientTransformation):
-    raise TypeError(
-      f"{owner}(optimizer=...): expected an optax.GradientTransformation, got "
-      f"{type(optimizer).__name__}."
-    )
+  _check_optimizer(owner, optimizer)
   shardings, mesh = _resolve_param_shardings(owner, params, param_shardings)
   if mesh is None:
     raise ValueError(
@@ -286,6 +292,7 @@ def init_sharded(
   Raises:
     ValueError: ``shardings`` does not have the structure of the state.
   """
+  _check_optimizer("init_sharded", optimizer)
   state_def = jax.tree.structure(jax.eval_shape(optimizer.init, _abstract(params)))
   sharding_def = jax.tree.structure(shardings)
   if state_def != sharding_def:
