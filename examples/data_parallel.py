@@ -135,12 +135,14 @@ def _report(result: dict[str, Any], seconds: float, zero1: bool) -> None:
   devices, processes = jax.device_count(), jax.process_count()
   mode = "ZeRO-1 (over 'data')" if zero1 else "replicated"
   print(f"{processes} process(es), {devices} devices; {n} params; Adam state {ours.total_bytes} B")
+  if devices == 1:
+    print("(one device: set XLA_FLAGS=--xla_force_host_platform_device_count=8 to simulate 8)")
   print(f"state bytes per device, replicated:  {full.max_device_bytes:>9,d}")
   print(
     f"state bytes per device, {mode}: {ours.max_device_bytes:>9,d}  "
     f"({full.max_device_bytes / ours.max_device_bytes:.2f}x less)"
   )
-  if ours.whole_leaves:
+  if ours.whole_leaves and devices > 1:
     print(
       f"  held whole on every device (no dimension divides by {devices}): "
       + ", ".join(ours.whole_leaves)
