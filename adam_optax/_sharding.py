@@ -23,6 +23,12 @@ field names are used):
    dimension (scalars, the count, small odd-sized biases) stay replicated over
    the axis; :func:`state_memory` lists the ones that end up whole on every
    device. Uneven splits are never made, so no leaf is padded.
+
+A fused ("bucketed") state that keeps the moments of many params in a few flat
+buffers does not mirror the params, so rule 2 replicates those buffers and
+ZeRO-1 splits them along their length when it divides by the axis size. Such a
+buffer mixes several params, so it cannot follow model-parallel param
+shardings; with params sharded over a model axis it is held whole on that axis.
 """
 
 from __future__ import annotations
@@ -343,6 +349,13 @@ def sharded_train_step(
   updates back onto the replicated params; nothing else is communicated. It
   works with meshes of ``Auto`` and of ``Explicit`` axes (under
   :func:`jax.set_mesh` too), and across processes.
+
+  With several processes on CPU (gloo collectives), block on each step's
+  outputs before dispatching the next one, as ``examples/data_parallel.py``
+  does: with jax 0.10.2, steps queued asynchronously have deadlocked there.
+  XLA:CPU reduces the gradients with an all-reduce (it does not rewrite
+  all-reduce + slice into a reduce-scatter), so on CPU ZeRO-1 saves memory and
+  adds one all-gather of the updates per step.
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> scalar``; average over the global
