@@ -12,6 +12,11 @@ from adam_optax._learning_rate import ScaleByLrState as ScaleByLrState
 from adam_optax._learning_rate import scale_by_lr as scale_by_lr
 from adam_optax._moments import ScaleByMomentsState as ScaleByMomentsState
 from adam_optax._moments import scale_by_moments as scale_by_moments
+from adam_optax._sharding import StateMemory as StateMemory
+from adam_optax._sharding import init_sharded as init_sharded
+from adam_optax._sharding import sharded_train_step as sharded_train_step
+from adam_optax._sharding import state_memory as state_memory
+from adam_optax._sharding import state_shardings as state_shardings
 
 __version__ = "0.1.0"
 
@@ -19,8 +24,13 @@ __all__ = [
   "BiasCorrectionState",
   "ScaleByLrState",
   "ScaleByMomentsState",
+  "StateMemory",
   "adam",
   "bias_correction",
+  "init_sharded",
   "scale_by_lr",
   "scale_by_moments",
+  "sharded_train_step",
+  "state_memory",
+  "state_shardings",
 ]
