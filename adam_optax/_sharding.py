@@ -65,8 +65,8 @@ def _abstract(tree: PyTree) -> PyTree:
 
 def _resolve_param_shardings(
   owner: str, params: PyTree, param_shardings: Any
-) -> tuple[PyTree, Mesh | None]:
-  """One :class:`NamedSharding` per param leaf, all on one mesh."""
+) -> tuple[PyTree, Any]:
+  """One :class:`NamedSharding` per param leaf, and their one mesh (``None`` if no leaves)."""
   if param_shardings is None:
     shardings = jax.tree.map(lambda p: getattr(p, "sharding", _MISSING), params)
     source = "the params' own .sharding"
@@ -229,7 +229,7 @@ def state_shardings(
       "be read from their shardings; pass the Mesh itself as param_shardings."
     )
   abstract_params = _abstract(params)
-  params_def = jax.tree.structure(abstract_params)
+  params_def: Any = jax.tree.structure(abstract_params)  # PyTreeDef: jaxlib ships no stub
   param_leaves = jax.tree.leaves(abstract_params)
   sharding_leaves = jax.tree.leaves(shardings)
   abstract_state = jax.eval_shape(optimizer.init, abstract_params)
@@ -299,8 +299,8 @@ def init_sharded(
     ValueError: ``shardings`` does not have the structure of the state.
   """
   _check_optimizer("init_sharded", optimizer)
-  state_def = jax.tree.structure(jax.eval_shape(optimizer.init, _abstract(params)))
-  sharding_def = jax.tree.structure(shardings)
+  state_def: Any = jax.tree.structure(jax.eval_shape(optimizer.init, _abstract(params)))
+  sharding_def: Any = jax.tree.structure(shardings)
   if state_def != sharding_def:
     raise ValueError(
       "init_sharded(shardings=...): the tree of shardings does not match the structure "
