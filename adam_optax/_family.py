@@ -87,18 +87,9 @@ def adamw(
     Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019,
     https://arxiv.org/abs/1711.05101.
   """
+  hyperparameters = learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype
   return adam_chain(
-    "adamw",
-    learning_rate,
-    b1,
-    b2,
-    eps,
-    eps_root,
-    mu_dtype,
-    nu_dtype,
-    weight_decay=weight_decay,
-    mask=mask,
-    nesterov=nesterov,
+    "adamw", *hyperparameters, weight_decay=weight_decay, mask=mask, nesterov=nesterov
   )
 
 
@@ -206,19 +197,8 @@ def nadamw(
     Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019,
     https://arxiv.org/abs/1711.05101.
   """
-  return adam_chain(
-    "nadamw",
-    learning_rate,
-    b1,
-    b2,
-    eps,
-    eps_root,
-    mu_dtype,
-    nu_dtype,
-    weight_decay=weight_decay,
-    mask=mask,
-    nesterov=True,
-  )
+  hyperparameters = learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype
+  return adam_chain("nadamw", *hyperparameters, weight_decay=weight_decay, mask=mask, nesterov=True)
 
 
 def amsgrad(
@@ -316,18 +296,9 @@ def amsgrad(
   """
   check_choice("amsgrad", "convention", convention, tuple(_AMSGRAD_CONVENTIONS))
   nu_correction, correct = _AMSGRAD_CONVENTIONS[convention]
+  hyperparameters = learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype
   return adam_chain(
-    "amsgrad",
-    learning_rate,
-    b1,
-    b2,
-    eps,
-    eps_root,
-    mu_dtype,
-    nu_dtype,
-    correct=correct,
-    amsgrad=True,
-    nu_correction=nu_correction,
+    "amsgrad", *hyperparameters, correct=correct, amsgrad=True, nu_correction=nu_correction
   )
 
 
@@ -382,15 +353,5 @@ def adamax(
     Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015,
     https://arxiv.org/abs/1412.6980, Section 7.1.
   """
-  return adam_chain(
-    "adamax",
-    learning_rate,
-    b1,
-    b2,
-    eps,
-    0.0,
-    mu_dtype,
-    nu_dtype,
-    correct=(True, False),
-    infinity_norm=True,
-  )
+  hyperparameters = learning_rate, b1, b2, eps, 0.0, mu_dtype, nu_dtype
+  return adam_chain("adamax", *hyperparameters, correct=(True, False), infinity_norm=True)
