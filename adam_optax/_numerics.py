@@ -33,7 +33,12 @@ def compute_dtype(dtype: Any) -> np.dtype:
   dtype): ``eps = 1e-8`` is not representable in float16, which is why an
   all-zero float16 gradient gives ``0 / 0`` in a float16 computation.
   """
-  return np.dtype(jnp.promote_types(dtype, jnp.float32))
+  dtype = np.dtype(dtype)
+  # Not jnp.promote_types(dtype, float32): under strict promotion it refuses
+  # bfloat16 + float32, which is exactly the widening wanted here.
+  if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+    return np.dtype(np.float32)
+  return dtype
 
 
 def real_dtype(dtype: Any) -> np.dtype:
