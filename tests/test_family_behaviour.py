@@ -241,3 +241,42 @@ def test_decay_needs_params():
   state = optimizer.init(jnp.zeros(3))
   with pytest.raises(ValueError, match="needs the params"):
     optimizer.update(jnp.zeros(3), state)
+
+
+def _chain(*parts):
+  return optax.chain(*parts, adam_optax.scale_by_lr(1e-3))
+
+
+M, BC, WDECAY = (
+  adam_optax.scale_by_moments,
+  adam_optax.bias_correction,
+  adam_optax.add_decayed_weights,
+)
+DOCUMENTED_CHAINS = {  # the chains the docstrings and the README show
+  "adamw": (adam_optax.adamw(1e-3, weight_decay=0.1), _chain(M(), BC(), WDECAY(0.1))),
+  "nadam": (adam_optax.nadam(1e-3), _chain(M(nesterov=True), BC())),
+  "nadamw": (
+    adam_optax.nadamw(1e-3, weight_decay=0.1),
+    _chain(M(nesterov=True), BC(), WDECAY(0.1)),
+  ),
+  "amsgrad-torch": (adam_optax.amsgrad(1e-3), _chain(M(amsgrad=True), BC())),
+  "amsgrad-optax": (
+    adam_optax.amsgrad(1e-3, convention="optax"),
+    _chain(M(amsgrad=True, nu_correction="inside"), BC(0.9, None)),
+  ),
+  "amsgrad-paper": (
+    adam_optax.amsgrad(1e-3, convention="paper"),
+    _chain(M(amsgrad=True, nu_correction="none")),
+  ),
+  "adamax": (adam_optax.adamax(1e-3), _chain(M(infinity_norm=True), BC(0.9, None))),
+}
+
+
+@pytest.mark.parametrize("name", list(DOCUMENTED_CHAINS))
+def test_each_variant_is_its_documented_chain(name):
+  alias, chain = DOCUMENTED_CHAINS[name]
+  grads = family_gradients(4, np.float32, 1.0, steps=30)
+  params = np.linspace(-1, 1, SIZE).astype(np.float32)
+  np.testing.assert_array_equal(run_optax(alias, grads, params), run_optax(chain, grads, params))
+  state = alias.init(jnp.zeros(3))
+  assert jax.tree.structure(state) == jax.tree.structure(chain.init(jnp.zeros(3)))
