@@ -256,13 +256,15 @@ def amsgrad(
     schedule ``lambda count: alpha / jnp.sqrt(count + 1.0)``.
 
   Why torch's is the default: it is what users porting from PyTorch expect to
-  reproduce, and it is the one whose maximum compares like with like. The raw
-  :math:`v_t` all carry the same kind of bias, and the correction by the
-  current :math:`c_2(t)` then fades as :math:`t` grows. In optax's convention
-  :math:`\hat v_1 = g_1^2` is a one-sample estimate: one large early gradient
-  caps every later step until some :math:`\hat v_t` exceeds it, which for
-  :math:`\beta_2 = 0.999` can take thousands of steps. Both coincide with Adam
-  until the second moment first decreases.
+  reproduce (``optax.amsgrad`` is not that, a common surprise), and its
+  maximum keeps Adam's weighting of early gradients. A raw :math:`v_t` weighs
+  the first gradient by :math:`(1 - \beta_2)\beta_2^{t-1}`, as Adam does, and
+  the correction by the current :math:`c_2(t)` fades as :math:`t` grows. In
+  optax's convention :math:`\hat v_1 = g_1^2` is a one-sample estimate: when
+  :math:`|g_1|` is above the gradients' typical size the maximum keeps it, and
+  every later step stays smaller than Adam's until some :math:`\hat v_t`
+  exceeds it. Each convention coincides with Adam for as long as the quantity
+  it maximises does not decrease.
 
   Args:
     learning_rate: :math:`\eta`, a number ``>= 0`` or an optax schedule.
