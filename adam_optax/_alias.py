@@ -100,6 +100,8 @@ def adam_chain(
   check_decay(owner, "b2", b2)
   check_nonnegative(owner, "eps", eps)
   check_nonnegative(owner, "eps_root", eps_root)
+  if moments.get("momentum_decay") is not None:
+    check_nonnegative(owner, "momentum_decay", moments["momentum_decay"])
   parts = [scale_by_moments(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, **moments)]
   if any(correct):
     parts.append(bias_correction(b1 if correct[0] else None, b2 if correct[1] else None))

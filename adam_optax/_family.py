@@ -101,9 +101,10 @@ def nadam(
   eps_root: Any = 0.0,
   mu_dtype: Any = None,
   *,
+  momentum_decay: Any = None,
   nu_dtype: Any = None,
 ) -> optax.GradientTransformation:
-  r"""NAdam (Dozat, 2016) as in :func:`optax.nadam`: Adam with a Nesterov look-ahead.
+  r"""NAdam (Dozat, 2016) as in :func:`optax.nadam`, or as in ``torch.optim.NAdam``.
 
   .. math::
 
@@ -120,7 +121,9 @@ def nadam(
   :math:`\beta_1` in the look-ahead by Dozat's warming-up momentum
   :math:`\mu_t = \beta_1 (1 - \tfrac12 \cdot 0.96^{t\psi})`
   (``momentum_decay`` :math:`\psi = 0.004`) and corrects by the products
-  :math:`\prod_{i \le t} \mu_i` instead of :math:`\beta_1^t`:
+  :math:`\prod_{i \le t} \mu_i` instead of :math:`\beta_1^t` (the EMA
+  :math:`m_t` itself still decays by :math:`\beta_1`). Pass
+  ``momentum_decay=4e-3`` to get torch's NAdam:
 
   .. math::
 
@@ -131,7 +134,9 @@ def nadam(
 
   For :math:`\psi \to \infty`, :math:`\mu_t = \beta_1` and the two formulas
   agree: the tests check that ``torch.optim.NAdam(momentum_decay=1e9)``
-  matches this one and that the default :math:`\psi` does not.
+  matches ``momentum_decay=None``, that ``momentum_decay=4e-3`` matches torch's
+  default, and that the two differ. The chain is the same either way; only
+  the weights of :math:`m_t` and :math:`g_t` in the numerator change.
 
   Args:
     learning_rate: :math:`\eta`, a number ``>= 0`` or an optax schedule.
@@ -140,6 +145,8 @@ def nadam(
     eps: :math:`\epsilon`, added outside the square root, ``>= 0``.
     eps_root: :math:`\epsilon_{root}`, added inside the square root, ``>= 0``.
     mu_dtype: dtype of the first moment in the state (default: the params').
+    momentum_decay: ``None`` (default) for optax's NAdam, or torch's
+      :math:`\psi \ge 0` (``4e-3`` in torch) for its momentum schedule.
     nu_dtype: dtype of the second moment in the state (default: the params').
 
   Returns:
@@ -149,9 +156,8 @@ def nadam(
     Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR workshop 2016,
     https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ.
   """
-  return adam_chain(
-    "nadam", learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=True
-  )
+  hyperparameters = learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype
+  return adam_chain("nadam", *hyperparameters, nesterov=True, momentum_decay=momentum_decay)
 
 
 def nadamw(
@@ -164,6 +170,7 @@ def nadamw(
   weight_decay: optax.ScalarOrSchedule = 1e-4,
   mask: Any | Callable[[optax.Params], Any] | None = None,
   *,
+  momentum_decay: Any = None,
   nu_dtype: Any = None,
 ) -> optax.GradientTransformation:
   r"""NAdamW as in :func:`optax.nadamw`: :func:`nadam` with decoupled weight decay.
@@ -175,8 +182,9 @@ def nadamw(
       + \lambda_t \theta_{t-1} \right),
 
   with :math:`\tilde m_t` as in :func:`nadam`; it is ``adamw(...,
-  nesterov=True)``. ``torch.optim.NAdam(decoupled_weight_decay=True)`` differs
-  by its momentum schedule, as explained in :func:`nadam`.
+  nesterov=True)``. With ``momentum_decay=4e-3`` it is
+  ``torch.optim.NAdam(decoupled_weight_decay=True)``, as explained in
+  :func:`nadam`.
 
   Args:
     learning_rate: :math:`\eta`, a number ``>= 0`` or an optax schedule.
@@ -187,6 +195,8 @@ def nadamw(
     mu_dtype: dtype of the first moment in the state (default: the params').
     weight_decay: :math:`\lambda`, a number ``>= 0`` or an optax schedule.
     mask: which leaves are decayed, as in :func:`adamw`.
+    momentum_decay: ``None`` for optax's NAdamW, or torch's :math:`\psi`, as
+      in :func:`nadam`.
     nu_dtype: dtype of the second moment in the state (default: the params').
 
   Returns:
@@ -198,7 +208,14 @@ def nadamw(
     https://arxiv.org/abs/1711.05101.
   """
   hyperparameters = learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype
-  return adam_chain("nadamw", *hyperparameters, weight_decay=weight_decay, mask=mask, nesterov=True)
+  return adam_chain(
+    "nadamw",
+    *hyperparameters,
+    weight_decay=weight_decay,
+    mask=mask,
+    nesterov=True,
+    momentum_decay=momentum_decay,
+  )
 
 
 def amsgrad(

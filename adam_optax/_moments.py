@@ -60,6 +60,7 @@ def scale_by_moments(
   mu_dtype: Any = None,
   nu_dtype: Any = None,
   nesterov: bool = False,
+  momentum_decay: Any = None,
   amsgrad: bool = False,
   nu_correction: NuCorrection | None = None,
   infinity_norm: bool = False,
@@ -87,7 +88,11 @@ def scale_by_moments(
 
   With ``nesterov=True`` the numerator is Dozat's look-ahead moment, scaled to
   the same bias as :math:`m_t`:
-  :math:`\beta_1 m_t\, c_1(t) / c_1(t+1) + (1 - \beta_1) g_t`.
+  :math:`\beta_1 m_t\, c_1(t) / c_1(t+1) + (1 - \beta_1) g_t` (optax's NAdam),
+  or, given ``momentum_decay`` :math:`\psi`, the same with torch's momentum
+  schedule :math:`\mu_t = \beta_1 (1 - \tfrac12 \cdot 0.96^{t\psi})` in place
+  of :math:`\beta_1` (``torch.optim.NAdam``; see
+  :func:`adam_optax._numerics.nesterov_coefficients`).
 
   ``nu_correction`` says where the second moment's bias :math:`c_2(t)` is
   removed, and so which second moment :math:`s_t` the denominator
@@ -133,6 +138,9 @@ def scale_by_moments(
       param's (real) dtype. ``jnp.float32`` keeps the second moment of
       bfloat16/float16 params from underflowing.
     nesterov: use Nesterov momentum (Dozat, 2016) in the numerator.
+    momentum_decay: with ``nesterov``, ``None`` for optax's NAdam or
+      :math:`\psi \ge 0` for torch's momentum schedule (torch's default is
+      ``4e-3``).
     amsgrad: normalise by the running maximum of the second moment (AMSGrad).
     nu_correction: ``"downstream"``, ``"inside"`` or ``"none"``, see above;
       ``None`` picks ``"downstream"`` (``"none"`` with ``infinity_norm``).
@@ -156,6 +164,13 @@ def scale_by_moments(
   check_nonnegative(owner, "eps_root", eps_root)
   mu_dtype = check_float_dtype(owner, "mu_dtype", mu_dtype)
   nu_dtype = check_float_dtype(owner, "nu_dtype", nu_dtype)
+  if momentum_decay is not None:
+    if not nesterov:
+      raise ValueError(
+        f"{owner}(momentum_decay={momentum_decay!r}): momentum_decay schedules the "
+        "Nesterov momentum; pass nesterov=True with it"
+      )
+    check_nonnegative(owner, "momentum_decay", momentum_decay)
   if nu_correction is None:
     nu_correction = "none" if infinity_norm else "downstream"
   check_choice(owner, "nu_correction", nu_correction, ("downstream", "inside", "none"))
@@ -209,10 +224,8 @@ def scale_by_moments(
         denominator = root + jnp.asarray(eps, real) * jnp.sqrt(scale)
       numerator = new_mu
       if nesterov:
-        look_ahead = num.one_minus_power(b1, count, real) / num.one_minus_power(
-          b1, num.saturating_increment(count), real
-        )
-        numerator = keep1 * new_mu * look_ahead.astype(dtype) + mix1 * g
+        weight_mu, weight_g = num.nesterov_coefficients(b1, momentum_decay, count, real)
+        numerator = weight_mu.astype(dtype) * new_mu + weight_g.astype(dtype) * g
       ratio = numerator / denominator.astype(dtype)
       return (ratio.astype(grad.dtype), new_mu.astype(mu.dtype), new_nu.astype(nu.dtype), *kept)
 

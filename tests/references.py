@@ -28,6 +28,7 @@ def algorithm1(
   eps_root: float = 0.0,
   *,
   nesterov: bool = False,
+  momentum_decay: float | None = None,
   amsgrad: str | None = None,
   weight_decay: float | Callable[[int], float] = 0.0,
   decay_mask: np.ndarray | bool = True,
@@ -38,7 +39,10 @@ def algorithm1(
   written from its paper or library's formula:
 
   - ``nesterov``: Dozat's NAdam as optax writes it,
-    ``mhat = b1 m_t / (1 - b1^(t+1)) + (1 - b1) g_t / (1 - b1^t)``.
+    ``mhat = b1 m_t / (1 - b1^(t+1)) + (1 - b1) g_t / (1 - b1^t)``; with
+    ``momentum_decay`` psi, as torch.optim.NAdam writes it: ``mu_t = b1 (1 -
+    0.96^(t psi) / 2)``, ``mhat = mu_(t+1) m_t / (1 - prod_(i<=t+1) mu_i) +
+    (1 - mu_t) g_t / (1 - prod_(i<=t) mu_i)``.
   - ``amsgrad``: ``"torch"`` (max of raw v, then corrected), ``"optax"`` (max
     of the corrected vhat) or ``"paper"`` (max of raw v, no correction at all).
   - ``weight_decay`` (a number or a function of the step, from 0) with
@@ -50,6 +54,7 @@ def algorithm1(
   m = np.zeros_like(theta)
   v = np.zeros_like(theta)
   v_max = np.zeros_like(theta)
+  product = 1.0
   trajectory = []
   for t, g in enumerate(grads, start=1):
     g = np.asarray(g, np.float64)
@@ -57,8 +62,12 @@ def algorithm1(
     v = b2 * v + (1 - b2) * g * g
     m_hat = m / (1 - b1**t)
     v_hat = v / (1 - b2**t)
-    if nesterov:
+    if nesterov and momentum_decay is None:
       m_hat = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
+    elif nesterov:
+      mu, mu_next = (b1 * (1 - 0.5 * 0.96 ** (i * momentum_decay)) for i in (t, t + 1))
+      product *= mu
+      m_hat = mu_next * m / (1 - product * mu_next) + (1 - mu) * g / (1 - product)
     if amsgrad == "torch":
       v_max = np.maximum(v_max, v)
       v_hat = v_max / (1 - b2**t)

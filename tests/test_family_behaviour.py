@@ -128,10 +128,11 @@ def test_amsgrad_conventions_differ(x64):
 
 
 def test_torch_nadam_differs_by_its_momentum_schedule(x64):
-  """torch.optim.NAdam's default psi = 0.004 is another optimizer; psi -> inf is ours."""
+  """torch.optim.NAdam's default psi = 0.004 is another optimizer; psi -> inf is optax's."""
   grads = family_gradients(9, np.float64, 1.0)
   params = np.zeros(SIZE)
   ours = run_optax(adam_optax.nadam(1e-3), grads, params)
+  ours_torch = run_optax(adam_optax.nadam(1e-3, momentum_decay=4e-3), grads, params)
   default = run_torch(lambda p: torch.optim.NAdam(p, lr=1e-3), grads, params)
   limit = run_torch(
     lambda p: torch.optim.NAdam(p, lr=1e-3, momentum_decay=TORCH_NADAM_WITHOUT_SCHEDULE),
@@ -139,7 +140,12 @@ def test_torch_nadam_differs_by_its_momentum_schedule(x64):
     params,
   )
   assert normwise_error(ours, limit) < 1e-11
+  assert normwise_error(ours_torch, default) < 1e-11
   assert normwise_error(ours, default) > 1e-2
+  # psi = 0 (a constant momentum b1 / 2) is valid in torch and here
+  zero = run_torch(lambda p: torch.optim.NAdam(p, lr=1e-3, momentum_decay=0.0), grads, params)
+  ours_zero = run_optax(adam_optax.nadam(1e-3, momentum_decay=0.0), grads, params)
+  assert normwise_error(ours_zero, zero) < 1e-11
 
 
 FAMILY = {
@@ -147,6 +153,7 @@ FAMILY = {
   "adamw": lambda **k: adam_optax.adamw(1e-3, **k),
   "nadam": lambda **k: adam_optax.nadam(1e-3, **k),
   "nadamw": lambda **k: adam_optax.nadamw(1e-3, **k),
+  "nadam-torch": lambda **k: adam_optax.nadam(1e-3, momentum_decay=4e-3, **k),
   "amsgrad-torch": lambda **k: adam_optax.amsgrad(1e-3, convention="torch", **k),
   "amsgrad-optax": lambda **k: adam_optax.amsgrad(1e-3, convention="optax", **k),
   "amsgrad-paper": lambda **k: adam_optax.amsgrad(1e-3, convention="paper", **k),
@@ -184,6 +191,7 @@ def test_nu_max_only_when_amsgrad(name):
     (adam_optax.adamw, {"weight_decay": 0.1}),
     (adam_optax.nadamw, {"weight_decay": 0.1}),
     (adam_optax.nadam, {}),
+    (adam_optax.nadam, {"momentum_decay": 4e-3}),
     (adam_optax.amsgrad, {}),
     (adam_optax.adamax, {}),
   ],
@@ -218,6 +226,8 @@ def test_inject_hyperparams_does_not_drift_or_retrace(factory, extra):
   [
     (lambda: adam_optax.adamw(1e-3, weight_decay=-1.0), r"adamw\(weight_decay=-1.0\)"),
     (lambda: adam_optax.nadamw(1e-3, b2=1.0), r"nadamw\(b2=1.0\)"),
+    (lambda: adam_optax.nadam(1e-3, momentum_decay=-1.0), r"nadam\(momentum_decay=-1.0\)"),
+    (lambda: adam_optax.scale_by_moments(momentum_decay=4e-3), r"pass nesterov=True"),
     (lambda: adam_optax.amsgrad(1e-3, convention="keras"), r"amsgrad\(convention='keras'\)"),
     (lambda: adam_optax.adamax(-1.0), r"adamax\(learning_rate=-1.0\)"),
     (
@@ -255,6 +265,10 @@ M, BC, WDECAY = (
 DOCUMENTED_CHAINS = {  # the chains the docstrings and the README show
   "adamw": (adam_optax.adamw(1e-3, weight_decay=0.1), _chain(M(), BC(), WDECAY(0.1))),
   "nadam": (adam_optax.nadam(1e-3), _chain(M(nesterov=True), BC())),
+  "nadam-torch": (
+    adam_optax.nadam(1e-3, momentum_decay=4e-3),
+    _chain(M(nesterov=True, momentum_decay=4e-3), BC()),
+  ),
   "nadamw": (
     adam_optax.nadamw(1e-3, weight_decay=0.1),
     _chain(M(nesterov=True), BC(), WDECAY(0.1)),

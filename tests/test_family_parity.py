@@ -42,6 +42,7 @@ HYPERPARAMETERS = [  # (lr, b1, b2, eps, eps_root)
 SCALES = [1.0, 1e-6]
 TOLERANCE = {np.float32: 2e-6, np.float64: 1e-11}
 TORCH_NADAM_WITHOUT_SCHEDULE = 1e9  # momentum_decay: 0.96 ** (t * 1e9) == 0, mu_t == b1
+TORCH_NADAM_MOMENTUM_DECAY = 4e-3  # torch.optim.NAdam's default
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,23 @@ VARIANTS = {
       weight_decay=WEIGHT_DECAY,
       decoupled_weight_decay=True,
     ),
+    decays=True,
+  ),
+  "nadam-torch": Variant(
+    ours=lambda *h: adam_optax.nadam(*h, momentum_decay=TORCH_NADAM_MOMENTUM_DECAY),
+    optax=None,
+    reference=lambda *a: algorithm1(*a, nesterov=True, momentum_decay=TORCH_NADAM_MOMENTUM_DECAY),
+    torch=_torch(torch.optim.NAdam),
+  ),
+  "nadamw-torch": Variant(
+    ours=lambda *h: adam_optax.nadamw(
+      *h, weight_decay=WEIGHT_DECAY, momentum_decay=TORCH_NADAM_MOMENTUM_DECAY
+    ),
+    optax=None,
+    reference=lambda *a: algorithm1(
+      *a, nesterov=True, momentum_decay=TORCH_NADAM_MOMENTUM_DECAY, weight_decay=WEIGHT_DECAY
+    ),
+    torch=_torch(torch.optim.NAdam, weight_decay=WEIGHT_DECAY, decoupled_weight_decay=True),
     decays=True,
   ),
   "amsgrad-torch": Variant(
