@@ -80,6 +80,7 @@ exhaustive = settings(  # x64 is a context, valid for every example of a test
   max_examples=60,
   deadline=None,
   derandomize=True,
+  database=None,
   suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
