@@ -8,6 +8,11 @@ state)``; optimizers are ``optax.chain``s of the building blocks below.
 from adam_optax._alias import adam as adam
 from adam_optax._bias_correction import BiasCorrectionState as BiasCorrectionState
 from adam_optax._bias_correction import bias_correction as bias_correction
+from adam_optax._family import adamax as adamax
+from adam_optax._family import adamw as adamw
+from adam_optax._family import amsgrad as amsgrad
+from adam_optax._family import nadam as nadam
+from adam_optax._family import nadamw as nadamw
 from adam_optax._learning_rate import ScaleByLrState as ScaleByLrState
 from adam_optax._learning_rate import scale_by_lr as scale_by_lr
 from adam_optax._moments import ScaleByMomentsState as ScaleByMomentsState
@@ -17,17 +22,26 @@ from adam_optax._sharding import init_sharded as init_sharded
 from adam_optax._sharding import sharded_train_step as sharded_train_step
 from adam_optax._sharding import state_memory as state_memory
 from adam_optax._sharding import state_shardings as state_shardings
+from adam_optax._weight_decay import AddDecayedWeightsState as AddDecayedWeightsState
+from adam_optax._weight_decay import add_decayed_weights as add_decayed_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
+  "AddDecayedWeightsState",
   "BiasCorrectionState",
   "ScaleByLrState",
   "ScaleByMomentsState",
   "StateMemory",
   "adam",
+  "adamax",
+  "adamw",
+  "add_decayed_weights",
+  "amsgrad",
   "bias_correction",
   "init_sharded",
+  "nadam",
+  "nadamw",
   "scale_by_lr",
   "scale_by_moments",
   "sharded_train_step",

@@ -10,6 +10,7 @@ from adam_optax._bias_correction import bias_correction
 from adam_optax._learning_rate import scale_by_lr
 from adam_optax._moments import scale_by_moments
 from adam_optax._validation import check_decay, check_nonnegative, check_rate
+from adam_optax._weight_decay import add_decayed_weights
 
 
 def adam(
@@ -68,15 +69,44 @@ def adam(
     Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015,
     https://arxiv.org/abs/1412.6980.
   """
-  check_rate("adam", "learning_rate", learning_rate)
-  check_decay("adam", "b1", b1)
-  check_decay("adam", "b2", b2)
-  check_nonnegative("adam", "eps", eps)
-  check_nonnegative("adam", "eps_root", eps_root)
-  return optax.chain(
-    scale_by_moments(
-      b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov
-    ),
-    bias_correction(b1, b2),
-    scale_by_lr(learning_rate),
+  return adam_chain(
+    "adam", learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov
   )
+
+
+def adam_chain(
+  owner: str,
+  learning_rate: optax.ScalarOrSchedule,
+  b1: Any,
+  b2: Any,
+  eps: Any,
+  eps_root: Any,
+  mu_dtype: Any,
+  nu_dtype: Any,
+  *,
+  correct: tuple[bool, bool] = (True, True),
+  weight_decay: optax.ScalarOrSchedule | None = None,
+  mask: Any = None,
+  **moments: Any,
+) -> optax.GradientTransformation:
+  """The chain every member of the family is made of, validated in ``owner``'s name.
+
+  ``scale_by_moments(**moments)``, then ``bias_correction`` of the moments
+  flagged in ``correct`` (left out when neither is), then ``add_decayed_weights``
+  when ``weight_decay`` is given, then ``scale_by_lr``.
+  """
+  check_rate(owner, "learning_rate", learning_rate)
+  check_decay(owner, "b1", b1)
+  check_decay(owner, "b2", b2)
+  check_nonnegative(owner, "eps", eps)
+  check_nonnegative(owner, "eps_root", eps_root)
+  if moments.get("momentum_decay") is not None:
+    check_nonnegative(owner, "momentum_decay", moments["momentum_decay"])
+  parts = [scale_by_moments(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, **moments)]
+  if any(correct):
+    parts.append(bias_correction(b1 if correct[0] else None, b2 if correct[1] else None))
+  if weight_decay is not None:
+    check_rate(owner, "weight_decay", weight_decay)
+    parts.append(add_decayed_weights(weight_decay, mask))
+  parts.append(scale_by_lr(learning_rate))
+  return optax.chain(*parts)

@@ -30,6 +30,11 @@ def bias_correction(b1: Any = 0.9, b2: Any = 0.999) -> optax.GradientTransformat
 
     u_t \mapsto \frac{\sqrt{1 - \beta_2^t}}{1 - \beta_1^t}\, u_t .
 
+  ``None`` for a decay leaves that moment uncorrected (its factor is 1):
+  ``bias_correction(b1, None)`` multiplies by :math:`1 / (1 - \beta_1^t)` only,
+  for a second moment that is unbiased (AdaMax's infinity norm) or corrected
+  before it reaches here (AMSGrad, optax's convention).
+
   After :func:`scale_by_moments` with the same :math:`\beta_1, \beta_2` this
   turns its ratio into Kingma & Ba's bias-corrected step
   :math:`\hat m_t / (\sqrt{\hat v_t} + \epsilon)` exactly (end of their
@@ -38,8 +43,10 @@ def bias_correction(b1: Any = 0.9, b2: Any = 0.999) -> optax.GradientTransformat
   :math:`t`, and the factor tends to 1 as :math:`t` grows.
 
   Args:
-    b1: decay of the first-moment EMA being corrected, in ``[0, 1)``.
-    b2: decay of the second-moment EMA being corrected, in ``[0, 1)``.
+    b1: decay of the first-moment EMA being corrected, in ``[0, 1)``, or
+      ``None`` to leave the first moment uncorrected.
+    b2: decay of the second-moment EMA being corrected, in ``[0, 1)``, or
+      ``None`` to leave the second moment uncorrected.
 
   Returns:
     An :class:`optax.GradientTransformation` with state
@@ -50,8 +57,9 @@ def bias_correction(b1: Any = 0.9, b2: Any = 0.999) -> optax.GradientTransformat
     https://arxiv.org/abs/1412.6980, Section 3.
   """
   owner = "bias_correction"
-  check_decay(owner, "b1", b1)
-  check_decay(owner, "b2", b2)
+  for name, decay in (("b1", b1), ("b2", b2)):
+    if decay is not None:
+      check_decay(owner, name, decay)
 
   def init_fn(params: optax.Params) -> BiasCorrectionState:
     del params
@@ -64,8 +72,10 @@ def bias_correction(b1: Any = 0.9, b2: Any = 0.999) -> optax.GradientTransformat
     count = num.saturating_increment(state.count)
 
     def factor(dtype: Any) -> jax.Array:
-      bias1 = num.one_minus_power(b1, count, dtype)
-      return jnp.sqrt(num.one_minus_power(b2, count, dtype)) / bias1
+      one = jnp.ones([], dtype)
+      bias1 = one if b1 is None else num.one_minus_power(b1, count, dtype)
+      bias2 = one if b2 is None else num.one_minus_power(b2, count, dtype)
+      return jnp.sqrt(bias2) / bias1
 
     return scale_tree(updates, factor), BiasCorrectionState(count=count)
 

@@ -1,8 +1,13 @@
-r"""``scale_by_moments``: Adam's moment estimates and their normalised ratio."""
+r"""``scale_by_moments``: Adam's moment estimates and their normalised ratio.
+
+One leaf function serves the whole family: Adam, NAdam (``nesterov``),
+AMSGrad (``amsgrad`` with the three ``nu_correction`` conventions) and AdaMax
+(``infinity_norm``). The options only choose which lines of it run.
+"""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -10,22 +15,40 @@ import optax
 
 from adam_optax import _numerics as num
 from adam_optax._trees import check_fits_state
-from adam_optax._validation import check_decay, check_float_dtype, check_nonnegative
+from adam_optax._validation import (
+  check_choice,
+  check_decay,
+  check_float_dtype,
+  check_nonnegative,
+  check_zero,
+)
+
+NuCorrection = Literal["downstream", "inside", "none"]
 
 
 class ScaleByMomentsState(NamedTuple):
-  """State of :func:`scale_by_moments`.
+  r"""State of :func:`scale_by_moments`.
+
+  One state type serves every option, so tools that address the state by field
+  name (``optax.tree.get(state, "nu")``, sharding rules) treat the whole family
+  alike. ``nu_max`` is ``None`` unless ``amsgrad=True``: ``None`` is an empty
+  pytree, so Adam, NAdam and AdaMax carry no extra leaf and no extra memory.
 
   Attributes:
     count: number of updates applied so far (int32, saturating).
     mu: first-moment EMA :math:`m_t`, shaped like the params.
-    nu: second-moment EMA :math:`v_t`, shaped like the params (real-valued
-      for complex params).
+    nu: second-moment EMA :math:`v_t` (or AdaMax's weighted infinity norm
+      :math:`u_t`), shaped like the params (real-valued for complex params).
+    nu_max: AMSGrad's running maximum :math:`\hat v^{\max}_t` of the second
+      moment (of :math:`v_t`, or of :math:`v_t / c_2(t)` with
+      ``nu_correction="inside"``), in ``nu``'s dtype; ``None`` without
+      ``amsgrad``.
   """
 
   count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax
   mu: optax.Updates
   nu: optax.Updates
+  nu_max: optax.Updates | None = None
 
 
 def scale_by_moments(
@@ -37,6 +60,10 @@ def scale_by_moments(
   mu_dtype: Any = None,
   nu_dtype: Any = None,
   nesterov: bool = False,
+  momentum_decay: Any = None,
+  amsgrad: bool = False,
+  nu_correction: NuCorrection | None = None,
+  infinity_norm: bool = False,
 ) -> optax.GradientTransformation:
   r"""Keeps Adam's moment EMAs and emits their normalised ratio.
 
@@ -61,7 +88,41 @@ def scale_by_moments(
 
   With ``nesterov=True`` the numerator is Dozat's look-ahead moment, scaled to
   the same bias as :math:`m_t`:
-  :math:`\beta_1 m_t\, c_1(t) / c_1(t+1) + (1 - \beta_1) g_t`.
+  :math:`\beta_1 m_t\, c_1(t) / c_1(t+1) + (1 - \beta_1) g_t` (optax's NAdam),
+  or, given ``momentum_decay`` :math:`\psi`, the same with torch's momentum
+  schedule :math:`\mu_t = \beta_1 (1 - \tfrac12 \cdot 0.96^{t\psi})` in place
+  of :math:`\beta_1` (``torch.optim.NAdam``; see
+  :func:`adam_optax._numerics.nesterov_coefficients`).
+
+  ``nu_correction`` says where the second moment's bias :math:`c_2(t)` is
+  removed, and so which second moment :math:`s_t` the denominator
+  :math:`\sqrt{s_t + \epsilon_{root}\,k_t} + \epsilon\sqrt{k_t}` uses:
+
+  * ``"downstream"`` (default): :math:`s_t = v_t`, :math:`k_t = c_2(t)`; chain
+    ``bias_correction(b1, b2)``, which multiplies by :math:`\sqrt{c_2(t)}`.
+  * ``"inside"``: :math:`s_t = v_t / c_2(t)`, :math:`k_t = 1`; chain
+    ``bias_correction(b1, None)``.
+  * ``"none"``: :math:`s_t = v_t`, :math:`k_t = 1`; nothing corrects it.
+
+  Without ``amsgrad`` the first two are the same optimizer. With
+  ``amsgrad=True`` the denominator uses the running maximum
+  :math:`s^{\max}_t = \max(s^{\max}_{t-1}, s_t)` instead of :math:`s_t`
+  (Reddi, Kale & Kumar, 2018), and the three choices are the three AMSGrad
+  conventions of :func:`adam_optax.amsgrad`: the maximum is taken over the raw
+  :math:`v_t` and bias-corrected afterwards (torch), over :math:`\hat v_t`
+  (optax), or over the uncorrected :math:`v_t` (the paper).
+
+  With ``infinity_norm=True`` the second moment is AdaMax's exponentially
+  weighted infinity norm (Kingma & Ba, Section 7.1), with :math:`\epsilon`
+  inside the maximum as in ``optax.adamax`` and ``torch.optim.Adamax``:
+
+  .. math::
+
+    u_t = \max(\beta_2 u_{t-1}, |g_t| + \epsilon), \qquad r_t = m_t / u_t .
+
+  :math:`u_t` has no zero-initialisation bias, so ``nu_correction`` must be
+  ``"none"`` (its default there) and ``eps_root`` must be 0; chain
+  ``bias_correction(b1, None)``.
 
   Half-precision leaves are computed in float32 and stored back in their own
   dtype, so an all-zero float16 gradient gives a zero update, not ``0/0``.
@@ -74,11 +135,18 @@ def scale_by_moments(
       differentiate through the update (the root's derivative at 0 is infinite).
     mu_dtype: precision of ``mu`` in the state (complex for complex params);
       ``None`` keeps each param's dtype.
-    nu_dtype: precision of ``nu`` in the state (always real); ``None`` keeps
+    nu_dtype: precision of ``nu`` (and ``nu_max``) in the state (always real); ``None`` keeps
       each param's precision. ``jnp.float32`` with bfloat16 params stops the
       second moment from stalling: bfloat16's 8-bit mantissa cannot hold an
       increment of ``(1 - b2) g^2`` once ``v`` is a few hundred times larger.
     nesterov: use Nesterov momentum (Dozat, 2016) in the numerator.
+    momentum_decay: with ``nesterov``, ``None`` for optax's NAdam or
+      :math:`\psi \ge 0` for torch's momentum schedule (torch's default is
+      ``4e-3``).
+    amsgrad: normalise by the running maximum of the second moment (AMSGrad).
+    nu_correction: ``"downstream"``, ``"inside"`` or ``"none"``, see above;
+      ``None`` picks ``"downstream"`` (``"none"`` with ``infinity_norm``).
+    infinity_norm: use AdaMax's infinity norm instead of the second moment.
 
   Returns:
     An :class:`optax.GradientTransformation` with state
@@ -88,6 +156,8 @@ def scale_by_moments(
     Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015,
     https://arxiv.org/abs/1412.6980.
     Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR workshop 2016.
+    Reddi, Kale & Kumar, *On the Convergence of Adam and Beyond*, ICLR 2018,
+    https://arxiv.org/abs/1904.09237.
   """
   owner = "scale_by_moments"
   check_decay(owner, "b1", b1)
@@ -96,6 +166,23 @@ def scale_by_moments(
   check_nonnegative(owner, "eps_root", eps_root)
   mu_dtype = check_float_dtype(owner, "mu_dtype", mu_dtype)
   nu_dtype = check_float_dtype(owner, "nu_dtype", nu_dtype)
+  if momentum_decay is not None:
+    if not nesterov:
+      raise ValueError(
+        f"{owner}(momentum_decay={momentum_decay!r}): momentum_decay schedules the "
+        "Nesterov momentum; pass nesterov=True with it"
+      )
+    check_nonnegative(owner, "momentum_decay", momentum_decay)
+  if nu_correction is None:
+    nu_correction = "none" if infinity_norm else "downstream"
+  check_choice(owner, "nu_correction", nu_correction, ("downstream", "inside", "none"))
+  if infinity_norm:
+    if nu_correction != "none":
+      raise ValueError(
+        f"{owner}(infinity_norm=True, nu_correction={nu_correction!r}): the infinity "
+        "norm has no zero-initialisation bias; nu_correction must be 'none'"
+      )
+    check_zero(owner, "eps_root", eps_root, "with infinity_norm=True (it has no root)")
 
   def init_fn(params: optax.Params) -> ScaleByMomentsState:
     def zeros(param: jax.Array, requested: Any, *, real: bool) -> jax.Array:
@@ -104,7 +191,8 @@ def scale_by_moments(
 
     mu = jax.tree.map(lambda p: zeros(p, mu_dtype, real=False), params)
     nu = jax.tree.map(lambda p: zeros(p, nu_dtype, real=True), params)
-    return ScaleByMomentsState(count=num.zero_count(), mu=mu, nu=nu)
+    nu_max = jax.tree.map(jnp.copy, nu) if amsgrad else None
+    return ScaleByMomentsState(count=num.zero_count(), mu=mu, nu=nu, nu_max=nu_max)
 
   def update_fn(
     updates: optax.Updates, state: ScaleByMomentsState, params: optax.Params | None = None
@@ -113,31 +201,43 @@ def scale_by_moments(
     check_fits_state(owner, updates, state.mu)
     count = num.saturating_increment(state.count)
 
-    def update_leaf(grad: jax.Array, mu: jax.Array, nu: jax.Array):
+    def update_leaf(grad: jax.Array, mu: jax.Array, nu: jax.Array, nu_max: Any = None):
       dtype = num.compute_dtype(grad.dtype)
       real = num.real_dtype(dtype)
       keep1, mix1 = num.decay_weights(b1, dtype)
       keep2, mix2 = num.decay_weights(b2, real)
       g = grad.astype(dtype)
       new_mu = keep1 * mu.astype(dtype) + mix1 * g
-      new_nu = keep2 * nu.astype(real) + mix2 * num.squared_magnitude(g)
+      if infinity_norm:
+        new_nu = jnp.maximum(keep2 * nu.astype(real), jnp.abs(g) + jnp.asarray(eps, real))
+      else:
+        new_nu = keep2 * nu.astype(real) + mix2 * num.squared_magnitude(g)
       bias2 = num.one_minus_power(b2, count, real)
-      denominator = jnp.sqrt(new_nu + jnp.asarray(eps_root, real) * bias2) + jnp.asarray(
-        eps, real
-      ) * jnp.sqrt(bias2)
+      second = new_nu / bias2 if nu_correction == "inside" else new_nu
+      kept: tuple[jax.Array, ...] = ()
+      if amsgrad:
+        second = jnp.maximum(nu_max.astype(real), second)
+        kept = (second.astype(nu_max.dtype),)
+      if infinity_norm:
+        denominator = second
+      else:
+        scale = bias2 if nu_correction == "downstream" else jnp.ones([], real)
+        root = jnp.sqrt(second + jnp.asarray(eps_root, real) * scale)
+        denominator = root + jnp.asarray(eps, real) * jnp.sqrt(scale)
       numerator = new_mu
       if nesterov:
-        look_ahead = num.one_minus_power(b1, count, real) / num.one_minus_power(
-          b1, num.saturating_increment(count), real
-        )
-        numerator = keep1 * new_mu * look_ahead.astype(dtype) + mix1 * g
+        weight_mu, weight_g = num.nesterov_coefficients(b1, momentum_decay, count, real)
+        numerator = weight_mu.astype(dtype) * new_mu + weight_g.astype(dtype) * g
       ratio = numerator / denominator.astype(dtype)
-      return ratio.astype(grad.dtype), new_mu.astype(mu.dtype), new_nu.astype(nu.dtype)
+      return (ratio.astype(grad.dtype), new_mu.astype(mu.dtype), new_nu.astype(nu.dtype), *kept)
 
-    out = jax.tree.map(update_leaf, updates, state.mu, state.nu)
-    ratio, mu, nu = jax.tree.transpose(
-      jax.tree.structure(updates), jax.tree.structure((0, 0, 0)), out
+    extra = (state.nu_max,) if amsgrad else ()
+    out = jax.tree.map(update_leaf, updates, state.mu, state.nu, *extra)
+    columns = jax.tree.transpose(
+      jax.tree.structure(updates), jax.tree.structure((0,) * (3 + len(extra))), out
     )
-    return ratio, ScaleByMomentsState(count=count, mu=mu, nu=nu)
+    ratio, mu, nu = columns[:3]
+    nu_max = columns[3] if amsgrad else None
+    return ratio, ScaleByMomentsState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
   return optax.GradientTransformation(init_fn, update_fn)

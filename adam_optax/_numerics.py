@@ -97,3 +97,56 @@ def one_minus_power(decay: Any, count: jax.Array, dtype: Any) -> jax.Array:
   """
   t = count.astype(dtype)
   return -jnp.expm1(t * jnp.log(jnp.asarray(decay, dtype)))
+
+
+_SERIES_TERMS = 64  # 0.5**64 * t: below float64 rounding for any int32 t
+
+
+def nesterov_coefficients(
+  decay: Any, momentum_decay: Any, count: jax.Array, dtype: Any
+) -> tuple[jax.Array, jax.Array]:
+  r"""The weights :math:`(a_t, b_t)` of NAdam's numerator :math:`a_t m_t + b_t g_t`.
+
+  They are scaled so that dividing by :math:`c_1(t) = 1 - \beta_1^t` (what
+  :func:`adam_optax.bias_correction` does) gives the bias-corrected look-ahead.
+
+  ``momentum_decay=None`` (optax's NAdam): :math:`a_t = \beta_1 c_1(t) /
+  c_1(t+1)`, :math:`b_t = 1 - \beta_1`.
+
+  A number :math:`\psi` (``torch.optim.NAdam``): with Dozat's momentum schedule
+  :math:`\mu_t = \beta_1 (1 - \tfrac12 q^t)`, :math:`q = 0.96^\psi`, and
+  :math:`\Pi_t = \prod_{i \le t} \mu_i`,
+  :math:`a_t = c_1(t)\, \mu_{t+1} / (1 - \Pi_{t+1})`,
+  :math:`b_t = c_1(t) (1 - \mu_t) / (1 - \Pi_t)`. The product needs no state:
+  :math:`\log \Pi_t = t \log\beta_1 + \sum_{i \le t} \log(1 - \tfrac12 q^i)`
+  and, expanding the logarithm,
+  :math:`\sum_{i \le t} \log(1 - \tfrac12 q^i) = -\sum_{k \ge 1}
+  \frac{2^{-k}}{k} q^k \frac{1 - q^{kt}}{1 - q^k}`, a series that converges
+  like :math:`2^{-k}` and is summed to 64 terms. (torch multiplies
+  :math:`\Pi_t` up step by step in its default dtype, float32.) As
+  :math:`\psi \to \infty`, :math:`\mu_t \to \beta_1` and the weights become
+  optax's.
+  """
+  keep, mix = decay_weights(decay, dtype)
+  bias = one_minus_power(decay, count, dtype)
+  following = saturating_increment(count)
+  if momentum_decay is None:
+    return keep * bias / one_minus_power(decay, following, dtype), mix
+  log_q = jnp.asarray(momentum_decay, dtype) * jnp.log(jnp.asarray(0.96, dtype))
+  k = jnp.arange(1, _SERIES_TERMS + 1).astype(dtype)
+  term_weights = jnp.exp2(-k) / k * jnp.exp(k * log_q)
+  per_term = jnp.expm1(k * log_q)  # 1 - q^k, negated; 0 when psi = 0
+
+  def momentum(t: jax.Array) -> jax.Array:
+    return keep * (1 - jnp.asarray(0.5, dtype) * jnp.exp(t.astype(dtype) * log_q))
+
+  def one_minus_product(t: jax.Array) -> jax.Array:
+    steps = t.astype(dtype)
+    safe = jnp.where(per_term == 0, jnp.ones([], dtype), per_term)
+    ratios = jnp.where(per_term == 0, steps, jnp.expm1(k * steps * log_q) / safe)
+    log_tail = -jnp.sum(term_weights * ratios)
+    return -jnp.expm1(steps * jnp.log(keep) + log_tail)
+
+  first = bias * momentum(following) / one_minus_product(following)
+  second = bias * (1 - momentum(count)) / one_minus_product(count)
+  return first, second

@@ -102,3 +102,17 @@ def check_float_dtype(owner: str, name: str, value: Any) -> np.dtype | None:
       f"complex dtype such as jnp.float32; got {dtype}"
     )
   return jax.dtypes.canonicalize_dtype(dtype)
+
+
+def check_zero(owner: str, name: str, value: Any, why: str) -> None:
+  """Checks that a hyperparameter that has no meaning in this configuration is 0."""
+  number = _checked(owner, name, value, "0")
+  if number is not None and number != 0.0:
+    raise ValueError(f"{owner}({name}={value!r}): {name} must be 0 {why}")
+
+
+def check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
+  """Checks that a configuration string is one of ``choices``."""
+  if value not in choices:
+    expected = ", ".join(repr(choice) for choice in choices)
+    raise ValueError(f"{owner}({name}={value!r}): {name} must be one of {expected}")

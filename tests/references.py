@@ -22,21 +22,44 @@ import optax
 def algorithm1(
   grads: Sequence[np.ndarray],
   params: np.ndarray,
-  lr: float,
+  lr: float | Callable[[int], float],
   b1: float = 0.9,
   b2: float = 0.999,
   eps: float = 1e-8,
   eps_root: float = 0.0,
+  *,
+  nesterov: bool = False,
+  momentum_decay: float | None = None,
+  amsgrad: str | None = None,
+  weight_decay: float | Callable[[int], float] = 0.0,
+  decay_mask: np.ndarray | bool = True,
 ) -> np.ndarray:
   """Kingma & Ba (2015), Algorithm 1, in float64 (``eps_root`` as in optax).
 
   ``1 - b**t`` is written ``-expm1(t log b)``: the same number, without the
   cancellation that costs ``1 - b**t`` ~3e-13 (relative) in float64 at
   ``b = 0.9999``, so the reference is accurate to float64 rounding.
+
+  The keyword options turn it into the other members of the family, each
+  written from its paper or library's formula:
+
+  - ``nesterov``: Dozat's NAdam as optax writes it,
+    ``mhat = b1 m_t / (1 - b1^(t+1)) + (1 - b1) g_t / (1 - b1^t)``; with
+    ``momentum_decay`` psi, as torch.optim.NAdam writes it: ``mu_t = b1 (1 -
+    0.96^(t psi) / 2)``, ``mhat = mu_(t+1) m_t / (1 - prod_(i<=t+1) mu_i) +
+    (1 - mu_t) g_t / (1 - prod_(i<=t) mu_i)``.
+  - ``amsgrad``: ``"torch"`` (max of raw v, then corrected), ``"optax"`` (max
+    of the corrected vhat) or ``"paper"`` (max of raw v, no correction at all).
+  - ``weight_decay`` (a number or a function of the step, from 0) with
+    ``decay_mask`` (booleans shaped like ``params``): AdamW, decay times lr.
+
+  ``lr`` may be a function of the step count (from 0), like an optax schedule.
   """
   theta = np.asarray(params, np.float64)
   m = np.zeros_like(theta)
   v = np.zeros_like(theta)
+  v_max = np.zeros_like(theta)
+  product = 1.0
   trajectory = []
   for t, g in enumerate(grads, start=1):
     g = np.asarray(g, np.float64)
@@ -44,7 +67,47 @@ def algorithm1(
     v = b2 * v + (1 - b2) * g * g
     m_hat = m / _one_minus_power(b1, t)
     v_hat = v / _one_minus_power(b2, t)
-    theta = theta - lr * m_hat / (np.sqrt(v_hat + eps_root) + eps)
+    if nesterov and momentum_decay is None:
+      m_hat = b1 * m / _one_minus_power(b1, t + 1) + (1 - b1) * g / _one_minus_power(b1, t)
+    elif nesterov:
+      mu, mu_next = (b1 * (1 - 0.5 * 0.96 ** (i * momentum_decay)) for i in (t, t + 1))
+      product *= mu
+      m_hat = mu_next * m / (1 - product * mu_next) + (1 - mu) * g / (1 - product)
+    if amsgrad == "torch":
+      v_max = np.maximum(v_max, v)
+      v_hat = v_max / _one_minus_power(b2, t)
+    elif amsgrad == "optax":
+      v_max = np.maximum(v_max, v_hat)
+      v_hat = v_max
+    elif amsgrad == "paper":
+      v_max = np.maximum(v_max, v)
+      m_hat, v_hat = m, v_max
+    rate = lr(t - 1) if callable(lr) else lr
+    decay = weight_decay(t - 1) if callable(weight_decay) else weight_decay
+    step = m_hat / (np.sqrt(v_hat + eps_root) + eps) + decay * np.where(decay_mask, theta, 0.0)
+    theta = theta - rate * step
+    trajectory.append(theta)
+  return np.stack(trajectory)
+
+
+def adamax_reference(
+  grads: Sequence[np.ndarray],
+  params: np.ndarray,
+  lr: float,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+) -> np.ndarray:
+  """Kingma & Ba (2015), Section 7.1 (AdaMax), in float64, eps inside the max."""
+  theta = np.asarray(params, np.float64)
+  m = np.zeros_like(theta)
+  u = np.zeros_like(theta)
+  trajectory = []
+  for t, g in enumerate(grads, start=1):
+    g = np.asarray(g, np.float64)
+    m = b1 * m + (1 - b1) * g
+    u = np.maximum(b2 * u, np.abs(g) + eps)
+    theta = theta - (lr / _one_minus_power(b1, t)) * m / u
     trajectory.append(theta)
   return np.stack(trajectory)
 
@@ -55,13 +118,17 @@ def _one_minus_power(b: float, t: int) -> float:
 
 def run_optax(
   optimizer: optax.GradientTransformation,
-  grads: Sequence[np.ndarray],
-  params: np.ndarray,
+  grads: Sequence[optax.Updates],
+  params: optax.Params,
   *,
   jit: bool = True,
 ) -> np.ndarray:
-  """Applies ``optimizer`` to ``grads`` in turn, starting from ``params``."""
-  params = jnp.asarray(params)
+  """Applies ``optimizer`` to ``grads`` in turn, starting from ``params``.
+
+  ``params`` (and each gradient) may be an array or a pytree; a pytree's
+  leaves are raveled and concatenated, one row per step.
+  """
+  params = jax.tree.map(jnp.asarray, params)
   state = optimizer.init(params)
 
   def step(params, state, grad):
@@ -72,8 +139,12 @@ def run_optax(
     step = jax.jit(step)
   trajectory = []
   for grad in grads:
-    params, state = step(params, state, jnp.asarray(grad, params.dtype))
-    trajectory.append(np.asarray(params))
+    grad = jax.tree.map(lambda g, p: jnp.asarray(g, p.dtype), grad, params)
+    params, state = step(params, state, grad)
+    if isinstance(params, jax.Array):
+      trajectory.append(np.asarray(params))
+    else:
+      trajectory.append(np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(params)]))
   return np.stack(trajectory)
 
 
@@ -81,17 +152,34 @@ def run_torch(
   make_optimizer: Callable[[list], object],
   grads: Sequence[np.ndarray],
   params: np.ndarray,
+  *,
+  before_step: Callable[[object, int], None] | None = None,
 ) -> np.ndarray:
-  """Applies a ``torch.optim`` optimizer (built by ``make_optimizer([p])``)."""
+  """Applies a ``torch.optim`` optimizer (built by ``make_optimizer([p])``).
+
+  ``before_step(optimizer, count)``, if given, runs before each step (count
+  from 0), e.g. to set a scheduled ``lr`` or ``weight_decay`` in its groups.
+
+  torch keeps scalar state (the step, NAdam's momentum product) in its default
+  dtype, float32; for float64 params it is switched to float64 for the run,
+  or NAdam's ``prod mu_i`` alone would put torch ~2e-7 from the float64 maths.
+  """
   import torch
 
-  param = torch.tensor(np.array(params), requires_grad=True)
-  optimizer = make_optimizer([param])
-  trajectory = []
-  for grad in grads:
-    param.grad = torch.tensor(np.array(grad, dtype=params.dtype))
-    optimizer.step()
-    trajectory.append(param.detach().numpy().copy())
+  default_dtype = torch.get_default_dtype()
+  torch.set_default_dtype(torch.float64 if params.dtype == np.float64 else torch.float32)
+  try:
+    param = torch.tensor(np.array(params), requires_grad=True)
+    optimizer = make_optimizer([param])
+    trajectory = []
+    for count, grad in enumerate(grads):
+      if before_step is not None:
+        before_step(optimizer, count)
+      param.grad = torch.tensor(np.array(grad, dtype=params.dtype))
+      optimizer.step()
+      trajectory.append(param.detach().numpy().copy())
+  finally:
+    torch.set_default_dtype(default_dtype)
   return np.stack(trajectory)
 
 

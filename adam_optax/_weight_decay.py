@@ -1,0 +1,90 @@
+r"""``add_decayed_weights``: decoupled weight decay (Loshchilov & Hutter, 2019)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adam_optax import _numerics as num
+from adam_optax._validation import check_rate
+
+
+class AddDecayedWeightsState(NamedTuple):
+  """State of :func:`add_decayed_weights` when the decay is a schedule.
+
+  Attributes:
+    count: number of updates applied so far (int32, saturating); the
+      schedule is evaluated at it, so the first update uses ``schedule(0)``.
+  """
+
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax
+
+
+def add_decayed_weights(
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  mask: Any | Callable[[optax.Params], Any] | None = None,
+) -> optax.GradientTransformation:
+  r"""Adds :math:`\lambda_t \theta_{t-1}` to the updates.
+
+  .. math::
+
+    u_t \mapsto u_t + \lambda_t\, \theta_{t-1}, \qquad
+    \lambda_t = \text{weight\_decay} \text{ or } \text{weight\_decay}(t - 1).
+
+  Placed before :func:`adam_optax.scale_by_lr` in a chain, the decay is
+  multiplied by the learning rate, as in ``optax.adamw`` and
+  ``torch.optim.AdamW``. Unlike ``optax.add_decayed_weights`` the sum is
+  formed in the leaf's compute dtype with explicit casts, so it runs under
+  ``jax_numpy_dtype_promotion="strict"`` with a schedule of any dtype.
+
+  Args:
+    weight_decay: :math:`\lambda`, a number ``>= 0``, a scalar array (possibly
+      traced) or an optax schedule of the step count (starting at 0).
+    mask: ``None`` (decay every leaf), a pytree of booleans shaped like (a
+      prefix of) the params, or a callable mapping the params to such a
+      pytree; ``False`` leaves pass through undecayed (:func:`optax.masked`).
+
+  Returns:
+    An :class:`optax.GradientTransformation` that needs ``params`` in
+    ``update``; its state is :class:`optax.EmptyState` for a constant decay and
+    :class:`AddDecayedWeightsState` for a schedule (inside
+    :class:`optax.MaskedState` with a mask).
+
+  References:
+    Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019,
+    https://arxiv.org/abs/1711.05101.
+  """
+  owner = "add_decayed_weights"
+  check_rate(owner, "weight_decay", weight_decay)
+  scheduled = callable(weight_decay)
+
+  def init_fn(params: optax.Params) -> AddDecayedWeightsState | optax.EmptyState:
+    del params
+    return AddDecayedWeightsState(count=num.zero_count()) if scheduled else optax.EmptyState()
+
+  def update_fn(
+    updates: optax.Updates,
+    state: AddDecayedWeightsState | optax.EmptyState,
+    params: optax.Params | None = None,
+  ) -> tuple[optax.Updates, AddDecayedWeightsState | optax.EmptyState]:
+    if params is None:
+      raise ValueError(f"{owner}: update needs the params (update(grads, state, params)).")
+    if scheduled:
+      rate = jnp.asarray(weight_decay(state.count))
+      state = AddDecayedWeightsState(count=num.saturating_increment(state.count))
+    else:
+      rate = jnp.asarray(weight_decay)
+
+    def decay_leaf(update: jax.Array, param: jax.Array) -> jax.Array:
+      dtype = num.compute_dtype(update.dtype)
+      decay = rate.astype(num.real_dtype(dtype)).astype(dtype)
+      return (update.astype(dtype) + decay * param.astype(dtype)).astype(update.dtype)
+
+    return jax.tree.map(decay_leaf, updates, params), state
+
+  transform = optax.GradientTransformation(init_fn, update_fn)
+  return transform if mask is None else optax.masked(transform, mask)
