@@ -8,6 +8,8 @@ state)``; optimizers are ``optax.chain``s of the building blocks below.
 from adam_optax._alias import adam as adam
 from adam_optax._bias_correction import BiasCorrectionState as BiasCorrectionState
 from adam_optax._bias_correction import bias_correction as bias_correction
+from adam_optax._buckets import BucketLayout as BucketLayout
+from adam_optax._buckets import bucket as bucket
 from adam_optax._family import adamax as adamax
 from adam_optax._family import adamw as adamw
 from adam_optax._family import amsgrad as amsgrad
@@ -30,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
   "AddDecayedWeightsState",
   "BiasCorrectionState",
+  "BucketLayout",
   "ScaleByLrState",
   "ScaleByMomentsState",
   "StateMemory",
@@ -39,6 +42,7 @@ __all__ = [
   "add_decayed_weights",
   "amsgrad",
   "bias_correction",
+  "bucket",
   "init_sharded",
   "nadam",
   "nadamw",
