@@ -1,0 +1,379 @@
+"""One Adam step, side by side: adam_optax, optax.adam and torch.optim.Adam on this CPU.
+
+Run from the repository root::
+
+  python benchmarks/run.py           # full table, written into benchmarks/RESULTS.md
+  python benchmarks/run.py --quick   # smaller trees, under a minute, printed only
+
+Every regime is a list of float32 parameter arrays. On the same arrays, in one
+process and in interleaved rounds (each round runs every implementation once,
+in rotating order), it times:
+
+- ``optax.adam`` and ``adam_optax.adam`` on the tree of arrays;
+- ``adam_optax.adam`` on bucketed params (``adam_optax.bucket``: one contiguous
+  buffer), with bucket-shaped gradients, and with per-leaf gradients gathered
+  into buckets inside the step (the cost of a model not written against
+  ``layout.unbucket``);
+- ``torch.optim.Adam`` with ``foreach=True`` and with ``fused=True``;
+- the bandwidth probe: a donated, jitted ``x + 1`` over a float32 buffer of
+  3.5 elements per parameter, which reads and writes the same 28 bytes per
+  parameter that a single-pass Adam step must move.
+
+A JAX step is ``jit(donate params and state)(params, state, grads) ->
+(apply_updates(params, updates), state)``; its compile time is the wall time
+of ``lower(...).compile()`` (tracing included). A step time is the median over
+rounds of one sample, a sample averaging enough back-to-back steps to last a
+millisecond or two. GB/s counts 28 bytes per parameter; "% probe" divides that
+by the probe's GB/s from the same rounds; "x optax" and "x fused" are the
+other's step time over this one (above 1: faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import adam_optax
+
+BYTES_PER_PARAM = 28  # read p, g, m, v; write p, m, v (float32)
+LEARNING_RATE = 1e-3
+RESULTS = Path(__file__).with_name("RESULTS.md")
+BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
+
+
+def transformer_shapes(layers: int, width: int, vocab: int) -> list[tuple[int, ...]]:
+  """A GPT-like tree: embeddings, per-layer attention/MLP/LayerNorm, a head."""
+  shapes: list[tuple[int, ...]] = [(vocab, width), (512, width)]
+  for _ in range(layers):
+    shapes += [(width,), (width,)]  # LayerNorm
+    shapes += [(width, width), (width,)] * 4  # q, k, v, out
+    shapes += [(width,), (width,)]  # LayerNorm
+    shapes += [(width, 4 * width), (4 * width,), (4 * width, width), (width,)]
+  return [*shapes, (width,), (width,), (width, vocab), (vocab,)]
+
+
+def regimes(quick: bool) -> list[tuple[str, list[tuple[int, ...]]]]:
+  """(name, shapes) of every benchmarked tree."""
+  if quick:
+    return [
+      ("1 x 4M", [(4 << 20,)]),
+      ("256 x 16K", [(16 << 10,)] * 256),
+      ("transformer 3 layers", transformer_shapes(3, 128, 1024)),
+      ("512 x 8", [(8,)] * 512),
+      ("1 x 1000", [(1000,)]),
+    ]
+  return [
+    ("1 x 32M", [(32 << 20,)]),
+    ("16 x 2M", [(2 << 20,)] * 16),
+    ("256 x 128K", [(128 << 10,)] * 256),
+    ("4096 x 8K", [(8 << 10,)] * 4096),
+    ("transformer", transformer_shapes(10, 256, 4096)),
+    ("4096 x 8", [(8,)] * 4096),
+    ("1 x 1000", [(1000,)]),
+  ]
+
+
+@dataclass
+class Runner:
+  """One implementation set up on one regime."""
+
+  name: str
+  step: Callable[[], None]
+  compile_s: float | None = None
+  temp_bytes: int | None = None
+  samples: list[float] = field(default_factory=list)
+  repeats: int = 1
+
+
+def _jax_runner(name: str, optimizer: Any, params: Any, grads: Any, gather: Any = None) -> Runner:
+  """A donated jitted step; ``gather`` maps incoming grads to the params' layout."""
+
+  def step(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
+    if gather is not None:
+      grads = gather(grads)
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  state = optimizer.init(params)
+  start = time.perf_counter()
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  box = [params, state]
+
+  def run() -> None:
+    box[0], box[1] = compiled(box[0], box[1], grads)
+    jax.tree.leaves(box[0])[0].block_until_ready()
+
+  temp = None if memory is None else int(memory.temp_size_in_bytes)
+  return Runner(name, run, compile_s, temp)
+
+
+def _torch_runner(name: str, arrays: list[np.ndarray], grads: list[np.ndarray], **kw) -> Runner:
+  params = [torch.from_numpy(a.copy()).requires_grad_() for a in arrays]
+  for p, g in zip(params, grads, strict=True):
+    p.grad = torch.from_numpy(g.copy())
+  optimizer = torch.optim.Adam(params, lr=LEARNING_RATE, **kw)
+  start = time.perf_counter()
+  optimizer.step()  # builds the state
+  del start
+  return Runner(name, optimizer.step)
+
+
+def _probe_runner(num_params: int) -> Runner:
+  add_one = jax.jit(lambda x: x + jnp.float32(1), donate_argnums=0)
+  box = [jnp.zeros((math.ceil(num_params * BYTES_PER_PARAM / 8),), jnp.float32)]
+
+  def run() -> None:
+    box[0] = add_one(box[0])
+    box[0].block_until_ready()
+
+  return Runner("probe: x + 1 in place", run)
+
+
+def make_runners(shapes: list[tuple[int, ...]], seed: int = 0) -> list[Runner]:
+  """Every implementation, on the same initial params and gradients."""
+  rng = np.random.default_rng(seed)
+  arrays = [rng.standard_normal(s, np.float32) for s in shapes]
+  grad_arrays = [np.float32(1e-2) * rng.standard_normal(s, np.float32) for s in shapes]
+  tree = {f"p{i:04d}": jnp.asarray(a) for i, a in enumerate(arrays)}
+  grads = {f"p{i:04d}": jnp.asarray(g) for i, g in enumerate(grad_arrays)}
+  buckets, layout = adam_optax.bucket(tree)
+  bucket_grads = layout.bucket(grads)
+  copy = functools.partial(jax.tree.map, jnp.copy)  # donation consumes the params
+  ours = adam_optax.adam(LEARNING_RATE)
+  return [
+    _jax_runner("optax.adam (tree)", optax.adam(LEARNING_RATE), copy(tree), grads),
+    _jax_runner("adam_optax (tree)", ours, copy(tree), grads),
+    _jax_runner("adam_optax (bucketed)", ours, copy(buckets), bucket_grads),
+    _jax_runner("adam_optax (bucketed, tree grads)", ours, copy(buckets), grads, layout.bucket),
+    _torch_runner("torch Adam foreach", arrays, grad_arrays, foreach=True),
+    _torch_runner("torch Adam fused", arrays, grad_arrays, fused=True),
+    _probe_runner(sum(math.prod(s) for s in shapes)),
+  ]
+
+
+def measure(runners: list[Runner], budget_s: float, min_sample_s: float) -> None:
+  """Interleaved rounds until about ``budget_s`` is spent; fills ``samples``."""
+  for runner in runners:
+    runner.step()
+    start = time.perf_counter()
+    runner.step()
+    first = time.perf_counter() - start
+    runner.repeats = max(1, math.ceil(min_sample_s / max(first, 1e-7)))
+  round_s = sum(r.repeats * _estimate(r) for r in runners)
+  rounds = int(min(100, max(5, budget_s / max(round_s, 1e-9))))
+  for index in range(rounds):
+    shift = index % len(runners)
+    for runner in runners[shift:] + runners[:shift]:
+      start = time.perf_counter()
+      for _ in range(runner.repeats):
+        runner.step()
+      runner.samples.append((time.perf_counter() - start) / runner.repeats)
+
+
+def _estimate(runner: Runner) -> float:
+  start = time.perf_counter()
+  runner.step()
+  return time.perf_counter() - start
+
+
+def _fmt_time(seconds: float) -> str:
+  if seconds >= 1:
+    return f"{seconds:.2f} s"
+  if seconds >= 1e-3:
+    return f"{seconds * 1e3:.2f} ms"
+  return f"{seconds * 1e6:.0f} us"
+
+
+def table(name: str, shapes: list[tuple[int, ...]], runners: list[Runner]) -> str:
+  """A Markdown table for one regime."""
+  num_params = sum(math.prod(s) for s in shapes)
+  median = {r.name: statistics.median(r.samples) for r in runners}
+  probe = median["probe: x + 1 in place"]
+  optax_s = median["optax.adam (tree)"]
+  fused_s = median["torch Adam fused"]
+  lines = [
+    f"### {name}: {len(shapes)} arrays, {num_params:,} params",
+    "",
+    "| implementation | step | compile | GB/s | % probe | x optax | x fused | XLA temp |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  for r in runners:
+    t = median[r.name]
+    compile_s = "" if r.compile_s is None else f"{r.compile_s:.2f} s"
+    temp = "" if r.temp_bytes is None else f"{r.temp_bytes / 2**20:.1f} MiB"
+    gbs = num_params * BYTES_PER_PARAM / t / 1e9
+    lines.append(
+      f"| {r.name} | {_fmt_time(t)} | {compile_s} | {gbs:.1f} | {100 * probe / t:.0f} % "
+      f"| {optax_s / t:.2f} | {fused_s / t:.2f} | {temp} |"
+    )
+  return "\n".join(lines)
+
+
+def machine() -> str:
+  """What ran the benchmark."""
+  cpu = "unknown CPU"
+  cpuinfo = Path("/proc/cpuinfo")
+  if cpuinfo.exists():
+    found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
+    cpu = found.group(1).strip() if found else cpu
+  memory = ""
+  meminfo = Path("/proc/meminfo")
+  if meminfo.exists():
+    found = re.search(r"MemTotal:\s*(\d+) kB", meminfo.read_text())
+    memory = f", {int(found.group(1)) / 2**20:.0f} GiB RAM" if found else ""
+  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+  return (
+    f"{cpu}, {os.cpu_count()} cores{memory}; {platform.platform()}; Python "
+    f"{platform.python_version()}, jax {jax.__version__}, optax {optax.__version__}, "
+    f"torch {torch.__version__} ({torch.get_num_threads()} threads); load average "
+    f"{load:.2f} at start; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+  )
+
+
+# Peak memory, each variant in a fresh process: the high-water mark of the
+# resident set (VmHWM) during three steps (the mark is reset after the set-up),
+# minus the resident set after the imports: params + gradients + optimizer
+# state + whatever the steps add.
+
+
+def _status_kib(field_name: str) -> int:
+  found = re.search(rf"{field_name}:\s*(\d+) kB", Path("/proc/self/status").read_text())
+  return int(found.group(1)) if found else -1
+
+
+def memory_child(variant: str, num_params: int) -> dict[str, Any]:
+  """Three steps of ``variant``; the peak resident memory they needed, in MiB."""
+  before = _status_kib("VmRSS")
+  if variant.startswith("torch"):
+    param = torch.full((num_params,), 0.5).requires_grad_()
+    param.grad = torch.full((num_params,), 1e-2)
+    step = torch.optim.Adam([param], lr=LEARNING_RATE, fused=True).step
+  else:
+    donate = (0, 1) if "not donated" not in variant else ()
+    optimizer = optax.adam(LEARNING_RATE) if variant.startswith("optax") else adam_optax.adam(1e-3)
+    # Filled in place: random numbers would leave a freed temporary in the RSS.
+    params = {"float32": jnp.full((num_params,), 0.5, jnp.float32)}
+    grads = {"float32": jnp.full((num_params,), 1e-2, jnp.float32)}
+
+    def update(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
+      updates, state = optimizer.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+
+    compiled = jax.jit(update, donate_argnums=donate)
+    box = [params, optimizer.init(params)]
+
+    def step() -> None:
+      box[0], box[1] = compiled(box[0], box[1], grads)
+      jax.block_until_ready(box)
+
+  Path("/proc/self/clear_refs").write_text("5")  # forget the set-up's temporaries
+  for _ in range(3):
+    step()
+  return {"variant": variant, "peak_mib": (_status_kib("VmHWM") - before) / 1024}
+
+
+MEMORY_VARIANTS = [
+  "optax.adam, donated",
+  "adam_optax (bucketed), donated",
+  "adam_optax (bucketed), not donated",
+  "torch Adam fused",
+]
+
+
+def _peak_mib(variant: str, num_params: int) -> float:
+  out = subprocess.run(
+    [sys.executable, __file__, "--memory-child", variant, "--params", str(num_params)],
+    check=True,
+    capture_output=True,
+    text=True,
+  ).stdout
+  return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+
+
+def memory_table(num_params: int) -> str:
+  """Peak memory per variant, from child processes, less the same run on 1K params."""
+  size_mib = num_params * 4 / 2**20
+  lines = [
+    f"### Peak memory: 1 x {num_params:,} params ({size_mib:.0f} MiB per param-sized buffer)",
+    "",
+    "Peak resident memory of a fresh process during three steps (the high-water",
+    "mark is reset after the set-up), over its resident memory after the imports, less the same",
+    "figure for 1,024 params (the runtime's and compiler's own memory). Params,",
+    "gradients and two moments are 4 buffers; anything above is what the step",
+    "allocates.",
+    "",
+    "| variant | peak | in param-sized buffers |",
+    "|---|---:|---:|",
+  ]
+  for variant in MEMORY_VARIANTS:
+    peak = _peak_mib(variant, num_params) - _peak_mib(variant, 1024)
+    lines.append(f"| {variant} | {peak:.0f} MiB | {peak / size_mib:.2f} |")
+  return "\n".join(lines)
+
+
+def write_results(text: str) -> None:
+  """Replaces the generated block of RESULTS.md (or creates the file)."""
+  block = f"{BEGIN}\n{text}\n{END}"
+  if RESULTS.exists():
+    old = RESULTS.read_text()
+    if BEGIN in old and END in old:
+      head, rest = old.split(BEGIN, 1)
+      RESULTS.write_text(head + block + rest.split(END, 1)[1])
+      return
+  RESULTS.write_text(f"# Benchmark results\n\n{block}\n")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="smaller trees, under a minute")
+  parser.add_argument("--only", default="", help="run the regimes whose name contains this")
+  parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+  parser.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
+  parser.add_argument("--params", type=int, default=0, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.memory_child:
+    print(json.dumps(memory_child(args.memory_child, args.params)))
+    return
+  budget_s, min_sample_s = (1.0, 1e-3) if args.quick else (6.0, 2e-3)
+  sections = [f"Machine: {machine()}", ""]
+  print(sections[0], flush=True)
+  for name, shapes in regimes(args.quick):
+    if args.only not in name:
+      continue
+    runners = make_runners(shapes)
+    measure(runners, budget_s, min_sample_s)
+    sections += [table(name, shapes, runners), ""]
+    print("\n" + sections[-2], flush=True)
+    del runners
+  if not args.only:
+    sections.append(memory_table((4 if args.quick else 32) << 20))
+    print("\n" + sections[-1], flush=True)
+  if not (args.quick or args.no_write or args.only):
+    write_results("\n".join(sections))
+
+
+if __name__ == "__main__":
+  main()
