@@ -189,7 +189,7 @@ def measure(runners: list[Runner], budget_s: float, min_sample_s: float) -> None
     first = time.perf_counter() - start
     runner.repeats = max(1, math.ceil(min_sample_s / max(first, 1e-7)))
   round_s = sum(r.repeats * _estimate(r) for r in runners)
-  rounds = int(min(100, max(5, budget_s / max(round_s, 1e-9))))
+  rounds = int(min(100, max(9, budget_s / max(round_s, 1e-9))))
   for index in range(rounds):
     shift = index % len(runners)
     for runner in runners[shift:] + runners[:shift]:
@@ -363,7 +363,7 @@ def main() -> None:
   if args.memory_child:
     print(json.dumps(memory_child(args.memory_child, args.params)))
     return
-  budget_s, min_sample_s = (1.0, 1e-3) if args.quick else (6.0, 2e-3)
+  budget_s, min_sample_s = (1.0, 1e-3) if args.quick else (10.0, 2e-3)
   sections = [f"Machine: {machine()}", ""]
   print(sections[0], flush=True)
   for name, shapes in regimes(args.quick):
