@@ -26,7 +26,6 @@ leaves. Nothing about the optimizer changes: only what counts as a leaf.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -82,9 +81,11 @@ class BucketLayout:
   def unbucket(self, buckets: Mapping[str, jax.Array]) -> Any:
     """The original tree, each leaf a reshaped slice of its bucket.
 
-    Inside ``jit`` the slices are views that XLA fuses into their consumers.
-    Under ``jax.grad`` the cotangents of all leaves of a bucket are gathered
-    by a single concatenation, so the gradient is bucket-shaped.
+    Each bucket is cut by one :func:`jax.lax.split`; inside ``jit`` the parts
+    are views that XLA fuses into their consumers. Under ``jax.grad`` the
+    cotangents of all leaves of a bucket are gathered by a single
+    concatenation, so the gradient is bucket-shaped. Forward mode
+    (``jax.jvp``) and ``vmap`` work as for any linear map.
 
     Args:
       buckets: a mapping from bucket key to a 1-D array, as returned by
@@ -120,15 +121,17 @@ class BucketLayout:
     return self._concatenate(leaves)
 
   def _unbucket_leaves(self, buckets: Buckets) -> list[jax.Array]:
-    return _unbucket_fn(self)(buckets)
-
-  def _slices(self, buckets: Buckets) -> list[jax.Array]:
-    return [
-      jax.lax.slice_in_dim(buckets[slot.key], slot.offset, slot.offset + slot.size).reshape(
-        slot.shape
-      )
-      for slot in self.slots
-    ]
+    # One `split` per bucket, not a slice per leaf: its transpose is a single
+    # concatenation, where JAX would transpose each slice into a bucket-sized
+    # pad and add them all up (thousands of bucket-sized adds).
+    leaves: list[Any] = [None] * len(self.slots)
+    for key, length in self.sizes:
+      members = [i for i, slot in enumerate(self.slots) if slot.key == key]
+      sizes = [self.slots[i].size for i in members]
+      parts = jax.lax.split(buckets[key], [*sizes, length - sum(sizes)])
+      for i, part in zip(members, parts, strict=False):
+        leaves[i] = part.reshape(self.slots[i].shape)
+    return leaves
 
   def _concatenate(self, leaves: Sequence[Any]) -> Buckets:
     parts: dict[str, list[jax.Array]] = {key: [] for key in self.keys}
@@ -182,30 +185,6 @@ class BucketLayout:
           f"belongs to bucket {slot.key!r} of dtype {bucket_dtype[slot.key]}"
         )
     return leaves
-
-
-@functools.lru_cache(maxsize=64)
-def _unbucket_fn(layout: BucketLayout) -> Callable[[Buckets], list[jax.Array]]:
-  """``layout._slices`` whose VJP is one concatenation per bucket.
-
-  Left to itself, JAX transposes each slice into a bucket-sized ``pad`` and
-  sums them: with thousands of leaves that is thousands of bucket-sized adds
-  for XLA to simplify (or not).
-  """
-
-  @jax.custom_vjp
-  def unbucket(buckets: Buckets) -> list[jax.Array]:
-    return layout._slices(buckets)
-
-  def forward(buckets: Buckets) -> tuple[list[jax.Array], None]:
-    return layout._slices(buckets), None
-
-  def backward(residual: None, cotangents: list[jax.Array]) -> tuple[Buckets]:
-    del residual
-    return (layout._concatenate(cotangents),)
-
-  unbucket.defvjp(forward, backward)
-  return unbucket
 
 
 def bucket(

@@ -200,3 +200,13 @@ def test_layout_errors_name_the_argument():
     layout.bucket({"x": jnp.ones(3, jnp.float32)})
   with pytest.raises(TypeError, match=r"bucket\(tree=.*dtype"):
     layout.bucket({"x": jnp.ones(2, jnp.int32)})
+
+
+def test_forward_mode_through_unbucket():
+  tree = _float_tree()
+  buckets, layout = adam_optax.bucket(tree)
+  tangents = jax.tree.map(jnp.ones_like, buckets)
+  _, out = jax.jvp(lambda b: layout.unbucket(b)["dense"]["w"], (buckets,), (tangents,))
+  np.testing.assert_array_equal(out, np.ones((3, 4), np.float32))
+  hessian_diagonal = jax.jacfwd(jax.grad(lambda b: jnp.sum(layout.unbucket(b)["scale"] ** 3)))
+  assert hessian_diagonal(buckets)["float32"]["float32"].shape == (17, 17)
