@@ -143,23 +143,24 @@ def test_groups_compose_with_optax_masked():
   np.testing.assert_array_equal(by_leaf["bias"], np.zeros(2))
 
 
-def test_padded_buckets_shard_evenly_over_devices():
+def test_padded_buckets_take_zero1_sharding():
   devices = jax.devices()
   tree = {"a": jnp.ones(13, jnp.float32), "b": jnp.ones((3, 3), jnp.float32)}
   buckets, layout = adam_optax.bucket(tree, pad_to=len(devices))
   mesh = jax.sharding.Mesh(np.array(devices), ("data",))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  buckets = jax.device_put(buckets, sharding)
+  params = jax.device_put(buckets, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   optimizer = adam_optax.adam(0.1)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state = jax.tree.map(  # ZeRO-1: each device holds 1/8 of each moment bucket
-    lambda x: jax.device_put(x, sharding if jnp.ndim(x) else replicated), optimizer.init(buckets)
-  )
-  updates, state = jax.jit(optimizer.update)(buckets, state, buckets)
-  assert state[0].mu["float32"].sharding.is_equivalent_to(sharding, 1)
+  shardings = adam_optax.state_shardings(optimizer, params, zero1_axis="data")
+  assert shardings[0].mu["float32"].spec == jax.sharding.PartitionSpec("data")
+  state = adam_optax.init_sharded(optimizer, params, shardings)
   assert state[0].mu["float32"].addressable_shards[0].data.shape == (24 // len(devices),)
-  params = optax.apply_updates(buckets, updates)
-  np.testing.assert_allclose(layout.unbucket(params)["a"], 0.9 * np.ones(13), rtol=1e-6)
+  updates, state = jax.jit(optimizer.update)(params, state, params)
+  new_params = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(layout.unbucket(new_params)["a"], 0.9 * np.ones(13), rtol=1e-6)
+  # Without padding, 22 elements do not divide over 8 devices: the bucket stays whole.
+  unpadded, _ = adam_optax.bucket(tree)
+  whole = adam_optax.state_shardings(optimizer, unpadded, mesh, zero1_axis="data")
+  assert whole[0].mu["float32"].spec == jax.sharding.PartitionSpec()
 
 
 def test_empty_tree():
