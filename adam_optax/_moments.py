@@ -7,10 +7,12 @@ AMSGrad (``amsgrad`` with the three ``nu_correction`` conventions) and AdaMax
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from adam_optax import _numerics as num
@@ -49,6 +51,20 @@ class ScaleByMomentsState(NamedTuple):
   mu: optax.Updates
   nu: optax.Updates
   nu_max: optax.Updates | None = None
+
+
+class _StepScalars(NamedTuple):
+  """The per-step scalars of :func:`scale_by_moments`'s leaf update, in one dtype."""
+
+  keep1: jax.Array  # b1, in the compute dtype
+  mix1: jax.Array  # 1 - b1
+  keep2: jax.Array  # b2, real
+  mix2: jax.Array  # 1 - b2
+  bias2: jax.Array  # c_2(t) = 1 - b2^t
+  eps: jax.Array  # eps, scaled to the second moment's units
+  eps_root: jax.Array  # eps_root, likewise
+  weight_mu: jax.Array  # NAdam's numerator weights (b1, 1 - b1 without nesterov)
+  weight_g: jax.Array
 
 
 def scale_by_moments(
@@ -201,33 +217,51 @@ def scale_by_moments(
     check_fits_state(owner, updates, state.mu)
     count = num.saturating_increment(state.count)
 
-    def update_leaf(grad: jax.Array, mu: jax.Array, nu: jax.Array, nu_max: Any = None):
-      dtype = num.compute_dtype(grad.dtype)
+    @functools.cache
+    def step_scalars(dtype: np.dtype) -> _StepScalars:
+      """This step's scalars for leaves computed in ``dtype``, built once per dtype.
+
+      Built per leaf instead, a 4096-leaf tree traces and compiles the same
+      scalar arithmetic 4096 times (and NAdam's momentum series with it).
+      """
       real = num.real_dtype(dtype)
       keep1, mix1 = num.decay_weights(b1, dtype)
       keep2, mix2 = num.decay_weights(b2, real)
-      g = grad.astype(dtype)
-      new_mu = keep1 * mu.astype(dtype) + mix1 * g
-      if infinity_norm:
-        new_nu = jnp.maximum(keep2 * nu.astype(real), jnp.abs(g) + jnp.asarray(eps, real))
-      else:
-        new_nu = keep2 * nu.astype(real) + mix2 * num.squared_magnitude(g)
       bias2 = num.one_minus_power(b2, count, real)
-      second = new_nu / bias2 if nu_correction == "inside" else new_nu
+      scale = bias2 if nu_correction == "downstream" else jnp.ones([], real)
+      weight_mu, weight_g = keep1, mix1
+      if nesterov:
+        weights = num.nesterov_coefficients(b1, momentum_decay, count, real)
+        weight_mu, weight_g = (w.astype(dtype) for w in weights)
+      return _StepScalars(
+        keep1=keep1,
+        mix1=mix1,
+        keep2=keep2,
+        mix2=mix2,
+        bias2=bias2,
+        eps=jnp.asarray(eps, real) * jnp.sqrt(scale),
+        eps_root=jnp.asarray(eps_root, real) * scale,
+        weight_mu=weight_mu,
+        weight_g=weight_g,
+      )
+
+    def update_leaf(grad: jax.Array, mu: jax.Array, nu: jax.Array, nu_max: Any = None):
+      dtype = num.compute_dtype(grad.dtype)
+      real = num.real_dtype(dtype)
+      k = step_scalars(dtype)
+      g = grad.astype(dtype)
+      new_mu = k.keep1 * mu.astype(dtype) + k.mix1 * g
+      if infinity_norm:
+        new_nu = jnp.maximum(k.keep2 * nu.astype(real), jnp.abs(g) + jnp.asarray(eps, real))
+      else:
+        new_nu = k.keep2 * nu.astype(real) + k.mix2 * num.squared_magnitude(g)
+      second = new_nu / k.bias2 if nu_correction == "inside" else new_nu
       kept: tuple[jax.Array, ...] = ()
       if amsgrad:
         second = jnp.maximum(nu_max.astype(real), second)
         kept = (second.astype(nu_max.dtype),)
-      if infinity_norm:
-        denominator = second
-      else:
-        scale = bias2 if nu_correction == "downstream" else jnp.ones([], real)
-        root = jnp.sqrt(second + jnp.asarray(eps_root, real) * scale)
-        denominator = root + jnp.asarray(eps, real) * jnp.sqrt(scale)
-      numerator = new_mu
-      if nesterov:
-        weight_mu, weight_g = num.nesterov_coefficients(b1, momentum_decay, count, real)
-        numerator = weight_mu.astype(dtype) * new_mu + weight_g.astype(dtype) * g
+      denominator = second if infinity_norm else jnp.sqrt(second + k.eps_root) + k.eps
+      numerator = k.weight_mu * new_mu + k.weight_g * g if nesterov else new_mu
       ratio = numerator / denominator.astype(dtype)
       return (ratio.astype(grad.dtype), new_mu.astype(mu.dtype), new_nu.astype(nu.dtype), *kept)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -16,8 +17,10 @@ def scale_tree(updates: optax.Updates, factor: Callable[[np.dtype], jax.Array]) 
 
   The product is formed in the leaf's compute dtype (float32 at least) and cast
   back to the leaf's dtype, so half-precision updates are scaled without an
-  intermediate overflow and the tree keeps its dtypes.
+  intermediate overflow and the tree keeps its dtypes. ``factor`` is evaluated
+  once per dtype, not once per leaf.
   """
+  factor = functools.cache(factor)
 
   def scale_leaf(update: jax.Array) -> jax.Array:
     dtype = compute_dtype(update.dtype)

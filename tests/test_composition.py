@@ -147,3 +147,21 @@ def test_works_inside_optax_chain_with_clipping_and_masking():
   updates, _ = jax.jit(optimizer.update)(grads, state, params)
   np.testing.assert_allclose(updates["w"], -0.1 * np.ones(4), rtol=1e-6)
   np.testing.assert_array_equal(updates["frozen"], np.zeros(2))
+
+
+@pytest.mark.parametrize(
+  "optimizer",
+  [adam_optax.adam(1e-3), adam_optax.nadam(1e-3, momentum_decay=4e-3), adam_optax.amsgrad(1e-3)],
+  ids=["adam", "nadam-torch", "amsgrad"],
+)
+def test_per_step_scalars_are_traced_once_per_dtype_not_once_per_leaf(optimizer):
+  """Bias corrections and NAdam's series cost the same for 1 leaf or 64 (compile time)."""
+
+  def scalar_work(n_leaves):
+    params = {f"p{i}": jnp.zeros(3) for i in range(n_leaves)}
+    state = optimizer.init(params)
+    jaxpr = jax.make_jaxpr(optimizer.update)(params, state, params)
+    return sum(eqn.primitive.name in ("log", "expm1") for eqn in jaxpr.jaxpr.eqns)
+
+  assert scalar_work(1) > 0
+  assert scalar_work(64) == scalar_work(1)
