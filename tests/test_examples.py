@@ -47,3 +47,19 @@ def test_flax_mlp_trains_both_optimizers_and_writes_the_plot(tmp_path):
   assert len(accuracies) == 2 and min(accuracies) > 0.85
   assert abs(accuracies[0] - accuracies[1]) < 0.02  # same seed, same batches
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_amsgrad_counterexample_prints_both_endpoints_and_saves_the_plot():
+  lines = run_example("amsgrad_counterexample.py").splitlines()
+  assert "Adam: final x = +1.0000" in lines
+  assert any(line.startswith("AMSGrad: final x = -0.99") for line in lines), lines
+  saved = Path(lines[-1].removeprefix("plot saved to "))
+  assert saved.suffix == ".png" and saved.stat().st_size > 10_000
+
+
+def test_donated_step_aliases_every_output_and_trains():
+  out = run_example("donated_step.py")
+  aliased = re.search(r"aliases ([\d.]+) KiB of its ([\d.]+) KiB of outputs", out)
+  assert aliased and aliased.group(1) == aliased.group(2), out
+  start, end = (float(v) for v in re.search(r"loss ([\d.]+) -> ([\d.]+)", out).groups())
+  assert end < 0.05 * start
