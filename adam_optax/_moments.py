@@ -267,11 +267,12 @@ def scale_by_moments(
 
     extra = (state.nu_max,) if amsgrad else ()
     out = jax.tree.map(update_leaf, updates, state.mu, state.nu, *extra)
-    columns = jax.tree.transpose(
-      jax.tree.structure(updates), jax.tree.structure((0,) * (3 + len(extra))), out
-    )
-    ratio, mu, nu = columns[:3]
-    nu_max = columns[3] if amsgrad else None
+
+    def column(index: int) -> optax.Updates:  # also right for trees with no leaves
+      return jax.tree.map(lambda _, results: results[index], updates, out)
+
+    ratio, mu, nu = column(0), column(1), column(2)
+    nu_max = column(3) if amsgrad else None
     return ratio, ScaleByMomentsState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
   return optax.GradientTransformation(init_fn, update_fn)

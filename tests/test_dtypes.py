@@ -126,3 +126,15 @@ def test_nu_dtype_float32_fixes_bfloat16_second_moment_stalling():
   np.testing.assert_allclose(np.asarray(high, np.float32), -1e-3, rtol=1e-2)
   # The stalled bfloat16 EMA under-estimates v, so steps grow well past lr.
   assert np.abs(np.asarray(low[-1], np.float32)).min() > 1.5e-3
+
+
+@pytest.mark.parametrize(
+  "params", [{}, {"a": None}, ()], ids=["empty-dict", "none-leaf", "empty-tuple"]
+)
+@pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "amsgrad", "adamax"])
+def test_trees_without_array_leaves_work_like_optax(name, params):
+  optimizer = getattr(adam_optax, name)(1e-3)
+  state = optimizer.init(params)
+  updates, new_state = jax.jit(optimizer.update)(params, state, params)
+  assert jax.tree.structure(updates) == jax.tree.structure(params)
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
