@@ -25,8 +25,14 @@ shards that its own devices hold.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
+
+# Without XLA_FLAGS a CPU has one device and there is nothing to shard; simulate
+# 8 unless the caller chose (the multi-process commands above set 4 each).
+# Only the CPU platform reads this flag, so GPU or TPU runs are unaffected.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax
 import jax.numpy as jnp
