@@ -15,6 +15,9 @@ from adam_optax._family import adamw as adamw
 from adam_optax._family import amsgrad as amsgrad
 from adam_optax._family import nadam as nadam
 from adam_optax._family import nadamw as nadamw
+from adam_optax._finite import SkipNonfiniteState as SkipNonfiniteState
+from adam_optax._finite import nonfinite_report as nonfinite_report
+from adam_optax._finite import skip_nonfinite as skip_nonfinite
 from adam_optax._learning_rate import ScaleByLrState as ScaleByLrState
 from adam_optax._learning_rate import scale_by_lr as scale_by_lr
 from adam_optax._moments import ScaleByMomentsState as ScaleByMomentsState
@@ -35,6 +38,7 @@ __all__ = [
   "BucketLayout",
   "ScaleByLrState",
   "ScaleByMomentsState",
+  "SkipNonfiniteState",
   "StateMemory",
   "adam",
   "adamax",
@@ -46,9 +50,11 @@ __all__ = [
   "init_sharded",
   "nadam",
   "nadamw",
+  "nonfinite_report",
   "scale_by_lr",
   "scale_by_moments",
   "sharded_train_step",
+  "skip_nonfinite",
   "state_memory",
   "state_shardings",
 ]
