@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
-from adam_optax import _numerics as num
-from adam_optax._scaling import scale_tree
+from adam_optax._scaling import scale_tree, schedule_state, step_value
 from adam_optax._validation import check_rate
 
 
@@ -44,30 +42,17 @@ def scale_by_lr(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransfor
   """
   check_rate("scale_by_lr", "learning_rate", learning_rate)
 
-  if not callable(learning_rate):
-
-    def init_constant(params: optax.Params) -> optax.EmptyState:
-      del params
-      return optax.EmptyState()
-
-    def update_constant(
-      updates: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, optax.EmptyState]:
-      del params
-      return scale_tree(updates, lambda dtype: -jnp.asarray(learning_rate, dtype)), state
-
-    return optax.GradientTransformation(init_constant, update_constant)
-
-  def init_scheduled(params: optax.Params) -> ScaleByLrState:
+  def init_fn(params: optax.Params) -> ScaleByLrState | optax.EmptyState:
     del params
-    return ScaleByLrState(count=num.zero_count())
+    return schedule_state(learning_rate, ScaleByLrState)
 
-  def update_scheduled(
-    updates: optax.Updates, state: ScaleByLrState, params: optax.Params | None = None
-  ) -> tuple[optax.Updates, ScaleByLrState]:
+  def update_fn(
+    updates: optax.Updates,
+    state: ScaleByLrState | optax.EmptyState,
+    params: optax.Params | None = None,
+  ) -> tuple[optax.Updates, ScaleByLrState | optax.EmptyState]:
     del params
-    rate = jnp.asarray(learning_rate(state.count))
-    new_updates = scale_tree(updates, lambda dtype: -rate.astype(dtype))
-    return new_updates, ScaleByLrState(count=num.saturating_increment(state.count))
+    rate, state = step_value(learning_rate, state)
+    return scale_tree(updates, lambda dtype: -rate.astype(dtype)), state
 
-  return optax.GradientTransformation(init_scheduled, update_scheduled)
+  return optax.GradientTransformation(init_fn, update_fn)

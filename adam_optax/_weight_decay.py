@@ -6,10 +6,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from adam_optax import _numerics as num
+from adam_optax._scaling import schedule_state, step_value
 from adam_optax._validation import check_rate
 
 
@@ -60,11 +60,10 @@ def add_decayed_weights(
   """
   owner = "add_decayed_weights"
   check_rate(owner, "weight_decay", weight_decay)
-  scheduled = callable(weight_decay)
 
   def init_fn(params: optax.Params) -> AddDecayedWeightsState | optax.EmptyState:
     del params
-    return AddDecayedWeightsState(count=num.zero_count()) if scheduled else optax.EmptyState()
+    return schedule_state(weight_decay, AddDecayedWeightsState)
 
   def update_fn(
     updates: optax.Updates,
@@ -73,11 +72,7 @@ def add_decayed_weights(
   ) -> tuple[optax.Updates, AddDecayedWeightsState | optax.EmptyState]:
     if params is None:
       raise ValueError(f"{owner}: update needs the params (update(grads, state, params)).")
-    if scheduled:
-      rate = jnp.asarray(weight_decay(state.count))
-      state = AddDecayedWeightsState(count=num.saturating_increment(state.count))
-    else:
-      rate = jnp.asarray(weight_decay)
+    rate, state = step_value(weight_decay, state)
 
     def decay_leaf(update: jax.Array, param: jax.Array) -> jax.Array:
       dtype = num.compute_dtype(update.dtype)
