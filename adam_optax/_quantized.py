@@ -16,9 +16,10 @@ Each quantized leaf gets the signed map (any sign) or the unsigned map (values
 the inner optimizer once at ``init``: it is initialised on a stand-in of the
 params with one element per leaf and stepped 8 times, once with gradients +1
 and once with -1 (a jitted run on tiny arrays). A leaf that is ``>= 0`` after
-both runs, and not zero after both, gets the unsigned map (Adam's :math:`v`, AMSGrad's maximum, AdaMax's
-:math:`u`: even functions of the gradient); every other leaf gets the signed
-one (:math:`m`, momentum traces, accumulators). If the probe's state does not
+both runs, and not zero after both, gets the unsigned map (Adam's :math:`v`,
+AMSGrad's maximum, AdaMax's :math:`u`: even functions of the gradient);
+every other leaf gets the signed one (:math:`m`, momentum traces,
+accumulators). If the probe's state does not
 have the real state's structure (an optimizer whose state depends on the
 params' shapes, such as a factored one) or its update fails, every leaf gets
 the signed map, which represents any value, with one bit less resolution.
@@ -56,7 +57,7 @@ def _is_quantized(node: Any) -> bool:
 
 
 def param_shaped_leaves(params: optax.Params, tree: Any) -> list[bool]:
-  """For each leaf of ``tree`` (``jax.tree.leaves`` order), whether a params-mirroring subtree holds it.
+  """For each leaf of ``tree`` (in ``jax.tree.leaves`` order), whether it mirrors the params.
 
   A subtree mirrors the params when it flattens up to the params' structure
   with each part an array of its param's shape or an empty node (``None``,

@@ -136,7 +136,8 @@ def stochastic_rounding(seed: int) -> optax.GradientTransformation:
     if params is None:
       raise ValueError(f"{owner}: update needs the params (update(updates, state, params))")
     key = step_key(seed, state.count)
-    flat_params, params_def = jax.tree.flatten(params)
+    flat_params = jax.tree.leaves(params)
+    params_def: Any = jax.tree.structure(params)  # PyTreeDef: jaxlib ships no stub for it
     flat_updates = params_def.flatten_up_to(updates)
 
     def leaf(index: int, param: jax.Array, update: jax.Array) -> jax.Array:
