@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from adam_optax import _numerics as num
+from adam_optax._stochastic_rounding import check_seed, round_stochastically, step_key
 from adam_optax._trees import check_fits_state
 from adam_optax._validation import (
   check_choice,
@@ -80,6 +81,7 @@ def scale_by_moments(
   amsgrad: bool = False,
   nu_correction: NuCorrection | None = None,
   infinity_norm: bool = False,
+  rounding_seed: int | None = None,
 ) -> optax.GradientTransformation:
   r"""Keeps Adam's moment EMAs and emits their normalised ratio.
 
@@ -142,6 +144,10 @@ def scale_by_moments(
 
   Half-precision leaves are computed in float32 and stored back in their own
   dtype, so an all-zero float16 gradient gives a zero update, not ``0/0``.
+  With ``rounding_seed``, moments stored in bfloat16 or float16 are rounded
+  stochastically (:func:`adam_optax.stochastic_rounding`'s rounding, keyed by
+  the seed, the step and the leaf), so that increments smaller than half a
+  unit in the last place accumulate in expectation instead of being lost.
 
   Args:
     b1: decay of the first-moment EMA, in ``[0, 1)``.
@@ -163,6 +169,8 @@ def scale_by_moments(
     nu_correction: ``"downstream"``, ``"inside"`` or ``"none"``, see above;
       ``None`` picks ``"downstream"`` (``"none"`` with ``infinity_norm``).
     infinity_norm: use AdaMax's infinity norm instead of the second moment.
+    rounding_seed: ``None`` rounds half-precision moments to nearest; an int
+      in ``[0, 2**32)`` rounds them stochastically, keyed by it.
 
   Returns:
     An :class:`optax.GradientTransformation` with state
@@ -199,6 +207,8 @@ def scale_by_moments(
         "norm has no zero-initialisation bias; nu_correction must be 'none'"
       )
     check_zero(owner, "eps_root", eps_root, "with infinity_norm=True (it has no root)")
+  if rounding_seed is not None:
+    check_seed(owner, rounding_seed)
 
   def init_fn(params: optax.Params) -> ScaleByMomentsState:
     def zeros(param: jax.Array, requested: Any, *, real: bool) -> jax.Array:
@@ -245,7 +255,16 @@ def scale_by_moments(
         weight_g=weight_g,
       )
 
-    def update_leaf(grad: jax.Array, mu: jax.Array, nu: jax.Array, nu_max: Any = None):
+    def store(x: jax.Array, dtype: Any, index: int, slot: int) -> jax.Array:
+      """``x`` in the state's ``dtype``, rounded stochastically if so asked."""
+      if rounding_seed is None or num.compute_dtype(dtype) == dtype:
+        return x.astype(dtype)
+      key = jax.random.fold_in(jax.random.fold_in(step_key(rounding_seed, count), index), slot)
+      return round_stochastically(x.astype(jnp.float32), dtype, key)
+
+    def update_leaf(
+      index: int, grad: jax.Array, mu: jax.Array, nu: jax.Array, nu_max: Any = None
+    ) -> tuple[jax.Array, ...]:
       dtype = num.compute_dtype(grad.dtype)
       real = num.real_dtype(dtype)
       k = step_scalars(dtype)
@@ -259,14 +278,16 @@ def scale_by_moments(
       kept: tuple[jax.Array, ...] = ()
       if amsgrad:
         second = jnp.maximum(nu_max.astype(real), second)
-        kept = (second.astype(nu_max.dtype),)
+        kept = (store(second, nu_max.dtype, index, 2),)
       denominator = second if infinity_norm else jnp.sqrt(second + k.eps_root) + k.eps
       numerator = k.weight_mu * new_mu + k.weight_g * g if nesterov else new_mu
       ratio = numerator / denominator.astype(dtype)
-      return (ratio.astype(grad.dtype), new_mu.astype(mu.dtype), new_nu.astype(nu.dtype), *kept)
+      new_mu, new_nu = store(new_mu, mu.dtype, index, 0), store(new_nu, nu.dtype, index, 1)
+      return (ratio.astype(grad.dtype), new_mu, new_nu, *kept)
 
     extra = (state.nu_max,) if amsgrad else ()
-    out = jax.tree.map(update_leaf, updates, state.mu, state.nu, *extra)
+    indices = jax.tree.unflatten(jax.tree.structure(updates), range(len(jax.tree.leaves(updates))))
+    out = jax.tree.map(update_leaf, indices, updates, state.mu, state.nu, *extra)
 
     def column(index: int) -> optax.Updates:  # also right for trees with no leaves
       return jax.tree.map(lambda _, results: results[index], updates, out)
