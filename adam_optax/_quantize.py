@@ -43,20 +43,26 @@ POWERS = {(8, True): 2, (8, False): 4, (4, True): 2, (4, False): 4}
 @functools.partial(
   jax.tree_util.register_dataclass,
   data_fields=["codes", "scales"],
-  meta_fields=["shape", "dtype", "bits", "signed"],
+  meta_fields=["array_shape", "array_dtype", "bits", "signed"],
 )
 @dataclasses.dataclass(frozen=True)
 class QuantizedArray:
   """An array stored block-wise quantized; a pytree whose leaves are ``codes`` and ``scales``.
 
+  It deliberately has no ``shape``/``dtype`` attributes, so that code that
+  recognises arrays by them (sharding rules, ``jax.eval_shape`` consumers)
+  treats it as the small tree of arrays it is, not as the array it encodes.
+
   Attributes:
-    codes: ``uint8[n_blocks, block_size]`` at 8 bits; at 4 bits
-      ``uint8[n_blocks, block_size // 2]``, two codes a byte (the even element
-      in the low nibble).
+    codes: ``uint8[n_blocks * block_size]`` at 8 bits; at 4 bits
+      ``uint8[n_blocks * block_size // 2]``, two codes a byte (the even element
+      in the low nibble). Flat, block after block: split evenly over ``k``
+      devices (ZeRO-1), each device holds whole blocks whenever ``k`` divides
+      ``n_blocks``, and then exactly the blocks whose ``scales`` it holds.
     scales: ``float32[n_blocks]``, each block's largest magnitude (NaN for a
       block that held a NaN or an infinity).
-    shape: the original array's shape.
-    dtype: the original array's dtype, restored by :meth:`dequantize`.
+    array_shape: the original array's shape.
+    array_dtype: the original array's dtype, restored by :meth:`dequantize`.
     bits: 8 or 4.
     signed: whether the signed map (any sign) or the unsigned map (values
       ``>= 0``, zero excluded) was used.
@@ -64,15 +70,15 @@ class QuantizedArray:
 
   codes: jax.Array
   scales: jax.Array
-  shape: tuple[int, ...]
-  dtype: Any
+  array_shape: tuple[int, ...]
+  array_dtype: Any
   bits: int
   signed: bool
 
   @property
   def block_size(self) -> int:
     """The number of elements per block."""
-    return int(self.codes.shape[-1]) * (8 // self.bits)
+    return int(self.codes.shape[0]) * (8 // self.bits) // int(self.scales.shape[0])
 
   def dequantize(self) -> jax.Array:
     """The array these codes stand for, in its original shape and dtype."""
@@ -138,14 +144,14 @@ def encode(
     codes = jnp.clip(c, 0, top - 1).astype(jnp.uint8)
   if bits == 4:
     codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
-  return QuantizedArray(codes, scales, tuple(x.shape), np.dtype(x.dtype), bits, signed)
+  return QuantizedArray(codes.reshape(-1), scales, tuple(x.shape), np.dtype(x.dtype), bits, signed)
 
 
 def decode(quantized: QuantizedArray, power: int | None = None) -> jax.Array:
   """The array a :class:`QuantizedArray` stands for (the inverse of :func:`encode`)."""
   bits, signed = quantized.bits, quantized.signed
   p = POWERS[bits, signed] if power is None else power
-  codes = quantized.codes
+  codes = quantized.codes.reshape(quantized.scales.shape[0], -1)
   if bits == 4:
     low, high = codes & 15, codes >> 4
     codes = jnp.stack([low, high], axis=-1).reshape(codes.shape[0], -1)
@@ -157,5 +163,5 @@ def decode(quantized: QuantizedArray, power: int | None = None) -> jax.Array:
   else:
     y = jax.lax.integer_pow((c + 1) / 2**bits, p)
   flat = (y * quantized.scales[:, None]).reshape(-1)
-  size = math.prod(quantized.shape)
-  return flat[:size].reshape(quantized.shape).astype(quantized.dtype)
+  size = math.prod(quantized.array_shape)
+  return flat[:size].reshape(quantized.array_shape).astype(quantized.array_dtype)

@@ -241,11 +241,12 @@ def quantized(
     def requantize(path: Any, old: Any, new: Any) -> Any:
       if not _is_quantized(old):
         return new
-      if jnp.shape(new) != old.shape or jnp.result_type(new) != old.dtype:
+      if jnp.shape(new) != old.array_shape or jnp.result_type(new) != old.array_dtype:
         raise ValueError(
           f"{owner}: the inner optimizer's state at {jax.tree_util.keystr(path)} changed "
-          f"from {old.dtype}{list(old.shape)} to {jnp.result_type(new)}{list(jnp.shape(new))} "
-          "in update; a quantized leaf must keep its shape and dtype."
+          f"from {old.array_dtype}{list(old.array_shape)} to "
+          f"{jnp.result_type(new)}{list(jnp.shape(new))} in update; a quantized leaf must "
+          "keep its shape and dtype."
         )
       return encode(new, old.bits, signed=old.signed, block_size=old.block_size)
 

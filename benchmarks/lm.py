@@ -61,7 +61,7 @@ class Setup:
   heads: int = 4
   context: int = 64
   batch: int = 8
-  steps: int = 400
+  steps: int = 300
   lr: float = 1e-3
   weight_decay: float = 0.01
   eval_every: int = 50
@@ -181,7 +181,7 @@ class JaxRun:
     for leaf in jax.tree.leaves(self.state, is_leaf=is_q):
       if is_q(leaf):
         big_bytes += leaf.codes.nbytes + leaf.scales.nbytes
-        big_params += math.prod(leaf.shape)
+        big_params += math.prod(leaf.array_shape)
       elif leaf.size >= 4096:
         big_bytes += leaf.nbytes
         big_params += leaf.size
@@ -369,11 +369,15 @@ def run(setup: Setup, *, log: Callable[[str], None] = print) -> dict[str, Any]:
   curves: dict[str, list[tuple[int, float]]] = {r.name: [] for r in runs}
   times: dict[str, list[float]] = {r.name: [] for r in runs}
   train_loss: dict[str, float] = {}
+  began = time.perf_counter()
   for step in range(setup.steps + 1):
     if step % setup.eval_every == 0 or step == setup.steps:
       for r in runs:
         curves[r.name].append((step, r.evaluate(val_batches)))
-      log(f"step {step}: " + ", ".join(f"{n} {c[-1][1]:.4f}" for n, c in curves.items()))
+      log(
+        f"step {step} ({time.perf_counter() - began:.0f} s): "
+        + ", ".join(f"{n} {c[-1][1]:.4f}" for n, c in curves.items())
+      )
       log(
         "  median step ms: "
         + ", ".join(f"{n} {1e3 * np.median(t):.0f}" for n, t in times.items() if t)
@@ -448,7 +452,8 @@ def table(results: dict[str, Any]) -> str:
     temp = f"{memory['temp'] / 2**20:.2f} MiB" if memory else ""
     lines.append(
       f"| {name} | {loss:.4f} | {100 * (loss / base[family] - 1):+.2f} % "
-      f"| {e['state_bytes_per_param']['total']:.3f} | {e['state_bytes_per_param']['large_leaves']:.3f} "
+      f"| {e['state_bytes_per_param']['total']:.3f} "
+      f"| {e['state_bytes_per_param']['large_leaves']:.3f} "
       f"| {e['step_ms_median']:.1f} ms | {e['step_ms_median'] / fp32_ms[family]:.2f} | {temp} |"
     )
   return "\n".join(lines)

@@ -34,9 +34,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import lm  # noqa: E402
+import lm
 
-from adam_optax import _quantize  # noqa: E402
+from adam_optax import _quantize
 
 EPS = 1e-8
 
