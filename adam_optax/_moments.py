@@ -208,7 +208,7 @@ def scale_by_moments(
       )
     check_zero(owner, "eps_root", eps_root, "with infinity_norm=True (it has no root)")
   if rounding_seed is not None:
-    check_seed(owner, rounding_seed)
+    check_seed(owner, "rounding_seed", rounding_seed)
 
   def init_fn(params: optax.Params) -> ScaleByMomentsState:
     def zeros(param: jax.Array, requested: Any, *, real: bool) -> jax.Array:

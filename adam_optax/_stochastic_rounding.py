@@ -44,9 +44,12 @@ def round_stochastically(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
   wide = nearest.astype(x.dtype)
   toward = jnp.where(wide < x, jnp.inf, -jnp.inf).astype(dtype)
   other = jnp.nextafter(nearest, toward)  # the neighbour on x's other side
-  gap = other.astype(x.dtype) - wide
+  # Differences of tiny numbers would be float32 subnormals, which XLA:CPU flushes to
+  # zero: scale them up by a power of two first (exact for normal numbers).
+  lift = jnp.where(jnp.abs(wide) < 2.0**-60, 2.0**64, 1.0).astype(x.dtype)
+  gap = other.astype(x.dtype) * lift - wide * lift
   # Far from `nearest` in units of the gap; in [0, 1/2]; 0 (or NaN) when x is exact or not finite.
-  distance = (x - wide) / gap
+  distance = (x * lift - wide * lift) / gap
   uniform = jax.random.uniform(key, jnp.shape(x), x.dtype)
   chosen = jnp.where(uniform < distance, other, nearest)
   return jnp.where(jnp.isfinite(wide) & (wide != x), chosen, nearest)
@@ -68,10 +71,10 @@ def step_key(seed: int, count: jax.Array) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), count)
 
 
-def check_seed(owner: str, seed: Any) -> None:
+def check_seed(owner: str, name: str, seed: Any) -> None:
   """Checks that ``seed`` is a Python int in ``[0, 2**32)``."""
   if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-    raise ValueError(f"{owner}(seed={seed!r}): seed must be an int in [0, 2**32)")
+    raise ValueError(f"{owner}({name}={seed!r}): {name} must be an int in [0, 2**32)")
 
 
 def stochastic_rounding(seed: int) -> optax.GradientTransformation:
@@ -124,7 +127,7 @@ def stochastic_rounding(seed: int) -> optax.GradientTransformation:
     Numerical Precision*, ICML 2015, https://arxiv.org/abs/1502.02551.
   """
   owner = "stochastic_rounding"
-  check_seed(owner, seed)
+  check_seed(owner, "seed", seed)
 
   def init_fn(params: optax.Params) -> StochasticRoundingState:
     del params
