@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format example examples bench bench-quick clean
+.PHONY: install test lint format example examples bench bench-quick bench-lm bench-lm-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 test: lint
-	$(BIN)/python -m pytest adam_optax tests README.md
+	$(BIN)/python -m pytest adam_optax tests README.md docs
 
 example: $(STAMP)
 	$(BIN)/python examples/regression.py
@@ -38,6 +38,19 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick
+
+# The language-model benchmark of quantized state and stochastic rounding (issue 9):
+# needs torchao (the `bench` extra). The full run takes about an hour on 2 cores.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,examples,dev,bench]"
+	touch $(BENCH_STAMP)
+
+bench-lm: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/lm.py
+
+bench-lm-quick: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/lm.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info

@@ -287,7 +287,8 @@ def test_zero1_splits_the_quantized_blocks_and_matches_one_device():
 
 
 def test_orbax_checkpoint_round_trip(tmp_path):
-  ocp = pytest.importorskip("orbax.checkpoint", reason="orbax-checkpoint is not installed")
+  import orbax.checkpoint as ocp
+
   optimizer = adam_optax.quantized(adam_optax.adam(1e-2), 4)
   loss, params = _regression()
   params, state, _ = _train(optimizer, loss, params, 3)
