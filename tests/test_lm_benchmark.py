@@ -12,7 +12,7 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import lm  # noqa: E402
+import lm
 
 TINY = lm.Setup(d_model=32, layers=2, heads=2, context=16, batch=3)
 
