@@ -40,9 +40,7 @@ def test_state_counts_and_report_name_the_leaf():
   optimizer = adam_optax.skip_nonfinite(adam_optax.adamw(1e-2, weight_decay=0.1))
   params = {"layer1": {"b": jnp.zeros(2), "w": jnp.ones((2, 2))}, "out": jnp.ones(3)}
   state = optimizer.init(params)
-  assert adam_optax.nonfinite_report(state, params) == (
-    "no step skipped: every gradient was finite"
-  )
+  assert adam_optax.nonfinite_report(state, params) == ("no step skipped: nothing went NaN/inf")
   step = jax.jit(optimizer.update)
   good = jax.tree.map(jnp.ones_like, params)
   bad = {"layer1": {"b": jnp.ones(2), "w": jnp.full((2, 2), jnp.inf)}, "out": jnp.full(3, jnp.nan)}
