@@ -17,11 +17,8 @@ import jax.numpy as jnp
 import optax
 
 from adam_optax import _numerics as num
-from adam_optax._trees import check_state_type, colocate
+from adam_optax._trees import check_state_type, colocate, where
 from adam_optax._validation import check_choice
-
-keystr = jax.tree_util.keystr
-
 
 Check = Literal["gradients", "updates", "all"]
 
@@ -183,12 +180,12 @@ def nonfinite_report(state: SkipNonfiniteState, grads_like: optax.Updates) -> st
   source = _SOURCES[int(state.last_bad_source)]
   tree = state.inner_state if source == "state" else grads_like
   paths = [
-    keystr(path)
+    where(path)
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
     if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
   ]
   index = int(state.last_bad_leaf)
-  where = paths[index] if 0 <= index < len(paths) else f"leaf {index}"
+  first = paths[index] if 0 <= index < len(paths) else f"leaf {index}"
   steps = "1 step" if skipped == 1 else f"{skipped} steps"
   what = {
     "gradients": "NaN/inf gradients",
@@ -197,5 +194,5 @@ def nonfinite_report(state: SkipNonfiniteState, grads_like: optax.Updates) -> st
   }[source]
   return (
     f"{steps} skipped for {what}; in the last, "
-    f"{int(state.last_bad_leaves)} of {len(paths)} leaves, the first at {where}"
+    f"{int(state.last_bad_leaves)} of {len(paths)} leaves, the first at {first}"
   )
