@@ -124,7 +124,9 @@ def main() -> None:
       head, rest = old.split(BEGIN, 1)
       RESULTS.write_text(head + block + rest.split(END, 1)[1])
     else:
-      RESULTS.write_text(old.rstrip("\n") + "\n\n## Half-precision second moments\n\n" + block + "\n")
+      RESULTS.write_text(
+        old.rstrip("\n") + "\n\n## Half-precision second moments\n\n" + block + "\n"
+      )
 
 
 if __name__ == "__main__":

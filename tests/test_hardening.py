@@ -83,6 +83,16 @@ def test_1_jitted_step_on_a_mesh_compiles_once(axis_type):
     assert jax.tree.map(jax.typeof, new_state) == jax.tree.map(jax.typeof, state)
     state = new_state
   chex.clear_trace_counter()
+  traces = []  # the anchor, for the README's claim: optax.adam's step compiles twice
+
+  def optax_update(grads, state, params):
+    traces.append(1)
+    return optax.adam(1e-3).update(grads, state, params)
+
+  optax_step, optax_state = jax.jit(optax_update), optax.adam(1e-3).init(params)
+  for _ in range(3):
+    _, optax_state = optax_step(grads, optax_state, params)
+  assert len(traces) == 2
 
 
 # 2. Half-precision params: the second moment is float32 by default.
@@ -138,6 +148,15 @@ def test_2_bfloat16_params_get_a_float32_second_moment_and_an_explicit_override(
 def test_3_betas_that_round_to_one_in_float32_are_rejected(name, beta):
   with pytest.raises(ValueError, match=rf"{name}\({beta}=0.99999999\): {beta} rounds to 1.0 in"):
     FAMILY[name](1e-3, **{beta: 0.99999999})
+
+
+def test_3_what_optax_adam_does_with_betas_that_round_to_one():
+  """The anchor, for the README: optax.adam steps by -inf (b1) or never moves (b2)."""
+  params = jnp.ones(2)
+  for beta, expected in (("b1", -np.inf), ("b2", 0.0)):
+    reference = optax.adam(1e-3, **{beta: 0.99999999})
+    updates, _ = reference.update(jnp.ones(2), reference.init(params), params)
+    np.testing.assert_array_equal(updates, expected)
 
 
 def test_3_betas_that_round_to_one_pass_with_float64_but_not_with_float32_params(x64):
