@@ -9,6 +9,7 @@ import optax
 from adam_optax._bias_correction import bias_correction
 from adam_optax._learning_rate import scale_by_lr
 from adam_optax._moments import scale_by_moments
+from adam_optax._recipes import Recipe, recorded
 from adam_optax._validation import check_decay, check_nonnegative, check_rate
 from adam_optax._weight_decay import add_decayed_weights
 
@@ -109,4 +110,18 @@ def adam_chain(
     check_rate(owner, "weight_decay", weight_decay)
     parts.append(add_decayed_weights(weight_decay, mask))
   parts.append(scale_by_lr(learning_rate))
-  return optax.chain(*parts)
+  convention = {"downstream": "torch", "inside": "optax", "none": "paper"}.get(
+    moments.get("nu_correction") or "downstream"
+  )
+  recipe = Recipe(
+    owner,
+    learning_rate,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    weight_decay=weight_decay,
+    momentum_decay=moments.get("momentum_decay"),
+    convention=convention if moments.get("amsgrad") else None,
+  )
+  return recorded(recipe, optax.chain(*parts))

@@ -9,6 +9,7 @@ import jax
 import optax
 
 from adam_optax import _numerics as num
+from adam_optax._recipes import DecayRecipe, recorded
 from adam_optax._scaling import schedule_state, step_value
 from adam_optax._validation import check_rate
 
@@ -81,5 +82,5 @@ def add_decayed_weights(
 
     return jax.tree.map(decay_leaf, updates, params), state
 
-  transform = optax.GradientTransformation(init_fn, update_fn)
+  transform = recorded(DecayRecipe(weight_decay), optax.GradientTransformation(init_fn, update_fn))
   return transform if mask is None else optax.masked(transform, mask)
