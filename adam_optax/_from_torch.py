@@ -652,7 +652,9 @@ def state_to_torch(
         array = np.asarray(jax.device_get(leaves[index]))
         if array.dtype not in (np.float16, np.float32, np.float64):
           array = array.astype(np.float32)  # exact; load_state_dict casts to the param's dtype
-        return torch.from_numpy(np.array(np.transpose(array, inverse)))  # a writable copy
+        if inverse is not None:
+          array = np.transpose(array, inverse)
+        return torch.from_numpy(np.array(array))  # a writable copy
 
       entry = {
         "step": torch.tensor(float(k), dtype=step_dtype),
