@@ -267,7 +267,8 @@ def is_axes(value: Any) -> bool:
 def cast(owner: str, what: str, value: Any, dtype: Any) -> np.ndarray:
   """``value`` in ``dtype``; raises when a finite entry does not fit (float16 overflow)."""
   array = np.asarray(value)
-  out = array.astype(dtype)
+  with np.errstate(over="ignore"):  # reported below, with the leaf's name
+    out = array.astype(dtype)
   if jnp.issubdtype(dtype, jnp.inexact) and np.issubdtype(array.dtype, np.inexact):
     wide = np.complex128 if np.iscomplexobj(out) else np.float64
     lost = np.isfinite(array) & ~np.isfinite(out.astype(wide))
