@@ -9,6 +9,7 @@ import optax
 from adam_optax._bias_correction import bias_correction
 from adam_optax._learning_rate import scale_by_lr
 from adam_optax._moments import scale_by_moments
+from adam_optax._recipes import Recipe, recorded
 from adam_optax._validation import (
   check_decay,
   check_flag,
@@ -125,4 +126,18 @@ def adam_chain(
   if weight_decay is not _NO_WEIGHT_DECAY:
     parts.append(decayed_weights(owner, weight_decay, mask))
   parts.append(scale_by_lr(learning_rate))
-  return optax.chain(*parts)
+  convention = {"downstream": "torch", "inside": "optax", "none": "paper"}.get(
+    moments.get("nu_correction") or "downstream"
+  )
+  recipe = Recipe(
+    owner,
+    learning_rate,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    weight_decay=None if weight_decay is _NO_WEIGHT_DECAY else weight_decay,
+    momentum_decay=moments.get("momentum_decay"),
+    convention=convention if moments.get("amsgrad") else None,
+  )
+  return recorded(recipe, optax.chain(*parts))

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from adam_optax import _numerics as num
+from adam_optax._recipes import DecayRecipe, recorded
 from adam_optax._scaling import schedule_state, step_value
 from adam_optax._trees import check_fits_params, where
 from adam_optax._validation import check_rate
@@ -93,7 +94,7 @@ def decayed_weights(
 
     return jax.tree.map(decay_leaf, updates, params), state
 
-  transform = optax.GradientTransformation(init_fn, update_fn)
+  transform = recorded(DecayRecipe(weight_decay), optax.GradientTransformation(init_fn, update_fn))
   if mask is None:
     return transform
   masked = optax.masked(transform, mask)
