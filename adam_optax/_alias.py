@@ -129,8 +129,11 @@ def adam_chain(
   convention = {"downstream": "torch", "inside": "optax", "none": "paper"}.get(
     moments.get("nu_correction") or "downstream"
   )
+  member = owner
+  if moments.get("nesterov"):  # adam(nesterov=True) is NAdam, adamw(nesterov=True) NAdamW
+    member = {"adam": "nadam", "adamw": "nadamw"}.get(owner, owner)
   recipe = Recipe(
-    owner,
+    member,
     learning_rate,
     b1,
     b2,

@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding
 
 from adam_optax._recipes import DecayRecipe, Event, Recipe, recording
 from adam_optax._sharding import state_shardings
+from adam_optax._trees import where
 
 KeyPath = tuple[Any, ...]
 _COUNT_FIELDS = ("count", "gradient_step")
@@ -74,11 +75,6 @@ class Target(NamedTuple):
   leaves: tuple[jax.ShapeDtypeStruct, ...]
   param_paths: tuple[str, ...]
   members: tuple[Member, ...]
-
-
-def where(path: KeyPath) -> str:
-  """A key path as ``jax.tree_util.keystr`` writes it (``<root>`` when empty)."""
-  return jax.tree_util.keystr(tuple(path)) or "<root>"
 
 
 def _starts_with(path: KeyPath, prefix: KeyPath) -> bool:

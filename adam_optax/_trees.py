@@ -17,7 +17,7 @@ import optax
 
 def where(path: tuple[Any, ...]) -> str:
   """A leaf's path as ``['layer']['w']`` (``<root>`` for a bare array)."""
-  return jax.tree_util.keystr(path) or "<root>"
+  return jax.tree_util.keystr(tuple(path)) or "<root>"
 
 
 def colocate(state: Any, params: Any) -> Any:

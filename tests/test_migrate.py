@@ -643,3 +643,15 @@ def test_round_trip_is_the_identity(name, shapes, count, seed):
   for index, entry in exported["state"].items():
     for key, value in entry.items():
       torch.testing.assert_close(again["state"][index][key], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("alias", "member"), [("adam", "nadam"), ("adamw", "nadamw")])
+def test_nesterov_aliases_convert_as_the_nadam_they_are(alias, member):
+  """adam(nesterov=True) is NAdam: it must not be exported as torch's Adam."""
+  params = {"w": jnp.ones(3)}
+  aliased = getattr(adam_optax, alias)(1e-3, nesterov=True)
+  named = getattr(adam_optax, member)(1e-3)
+  exported = adam_optax.state_to_torch(aliased, aliased.init(params), params)
+  expected = adam_optax.state_to_torch(named, named.init(params), params)
+  assert exported["param_groups"] == expected["param_groups"]
+  assert "momentum_decay" in exported["param_groups"][0]
