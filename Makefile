@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format example examples bench bench-quick bench-lm bench-lm-quick clean
+.PHONY: install test lint format example examples bench bench-quick bench-half bench-lm bench-lm-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick
+
+bench-half: $(STAMP)
+	$(BIN)/python benchmarks/half_precision.py
 
 # The language-model benchmark of quantized state and stochastic rounding (issue 9):
 # needs torchao (the `bench` extra). The full run takes about an hour on 2 cores.

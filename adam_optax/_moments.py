@@ -17,11 +17,19 @@ import optax
 
 from adam_optax import _numerics as num
 from adam_optax._stochastic_rounding import check_seed, round_stochastically, step_key
-from adam_optax._trees import check_fits_state
+from adam_optax._trees import (
+  check_fits_state,
+  check_inexact_leaves,
+  check_state_type,
+  colocate,
+  where,
+)
 from adam_optax._validation import (
   check_choice,
   check_decay,
+  check_flag,
   check_float_dtype,
+  check_in_dtype,
   check_nonnegative,
   check_zero,
 )
@@ -143,7 +151,10 @@ def scale_by_moments(
   ``bias_correction(b1, None)``.
 
   Half-precision leaves are computed in float32 and stored back in their own
-  dtype, so an all-zero float16 gradient gives a zero update, not ``0/0``.
+  dtype, so an all-zero float16 gradient gives a zero update, not ``0/0``; their
+  second moment is kept in float32 unless ``nu_dtype`` says otherwise (see
+  below). With ``eps = 0`` an entry whose second moment is 0 (no gradient yet,
+  or one so small that its square underflows) gets a zero step, not ``0/0``.
   With ``rounding_seed``, moments stored in bfloat16 or float16 are rounded
   stochastically (:func:`adam_optax.stochastic_rounding`'s rounding, keyed by
   the seed, the step and the leaf), so that increments smaller than half a
@@ -157,10 +168,17 @@ def scale_by_moments(
       differentiate through the update (the root's derivative at 0 is infinite).
     mu_dtype: precision of ``mu`` in the state (complex for complex params);
       ``None`` keeps each param's dtype.
-    nu_dtype: precision of ``nu`` (and ``nu_max``) in the state (always real); ``None`` keeps
-      each param's precision. ``jnp.float32`` with bfloat16 params stops the
-      second moment from stalling: bfloat16's 8-bit mantissa cannot hold an
-      increment of ``(1 - b2) g^2`` once ``v`` is a few hundred times larger.
+    nu_dtype: precision of ``nu`` (and ``nu_max``) in the state (always real).
+      ``None`` keeps each param's precision, except for half-precision params
+      (float16, bfloat16), whose second moment is kept in float32: in float16
+      :math:`(1 - \beta_2) g^2` underflows for :math:`|g|` below ~1e-3 (each
+      step then grows towards :math:`\eta / \sqrt{1 - \beta_2}`) and
+      :math:`g^2` overflows above 256 (the param freezes); in bfloat16 the
+      8-bit mantissa cannot hold an increment of :math:`(1 - \beta_2) g^2`
+      once :math:`v` is a few hundred times larger, so :math:`v` stalls. That
+      costs 2 bytes per parameter more than ``optax.adam``; pass
+      ``nu_dtype=jnp.bfloat16`` (or ``jnp.float16``) to store it in half
+      precision anyway.
     nesterov: use Nesterov momentum (Dozat, 2016) in the numerator.
     momentum_decay: with ``nesterov``, ``None`` for optax's NAdam or
       :math:`\psi \ge 0` for torch's momentum schedule (torch's default is
@@ -184,19 +202,22 @@ def scale_by_moments(
     https://arxiv.org/abs/1904.09237.
   """
   owner = "scale_by_moments"
-  check_decay(owner, "b1", b1)
-  check_decay(owner, "b2", b2)
-  check_nonnegative(owner, "eps", eps)
-  check_nonnegative(owner, "eps_root", eps_root)
+  b1 = check_decay(owner, "b1", b1)
+  b2 = check_decay(owner, "b2", b2)
+  eps = check_nonnegative(owner, "eps", eps)
+  eps_root = check_nonnegative(owner, "eps_root", eps_root)
   mu_dtype = check_float_dtype(owner, "mu_dtype", mu_dtype)
   nu_dtype = check_float_dtype(owner, "nu_dtype", nu_dtype)
+  nesterov = check_flag(owner, "nesterov", nesterov)
+  amsgrad = check_flag(owner, "amsgrad", amsgrad)
+  infinity_norm = check_flag(owner, "infinity_norm", infinity_norm)
   if momentum_decay is not None:
     if not nesterov:
       raise ValueError(
         f"{owner}(momentum_decay={momentum_decay!r}): momentum_decay schedules the "
         "Nesterov momentum; pass nesterov=True with it"
       )
-    check_nonnegative(owner, "momentum_decay", momentum_decay)
+    momentum_decay = check_nonnegative(owner, "momentum_decay", momentum_decay)
   if nu_correction is None:
     nu_correction = "none" if infinity_norm else "downstream"
   check_choice(owner, "nu_correction", nu_correction, ("downstream", "inside", "none"))
@@ -211,20 +232,25 @@ def scale_by_moments(
     check_seed(owner, "rounding_seed", rounding_seed)
 
   def init_fn(params: optax.Params) -> ScaleByMomentsState:
-    def zeros(param: jax.Array, requested: Any, *, real: bool) -> jax.Array:
+    check_inexact_leaves(f"{owner}.init", params, "param")
+
+    def zeros(param: Any, requested: Any, *, real: bool) -> jax.Array:
       dtype = num.state_dtype(jnp.result_type(param), requested, real=real)
-      return jnp.zeros(jnp.shape(param), dtype)
+      return jnp.zeros_like(param, dtype=dtype)  # keeps the param's sharding
 
     mu = jax.tree.map(lambda p: zeros(p, mu_dtype, real=False), params)
     nu = jax.tree.map(lambda p: zeros(p, nu_dtype, real=True), params)
     nu_max = jax.tree.map(jnp.copy, nu) if amsgrad else None
-    return ScaleByMomentsState(count=num.zero_count(), mu=mu, nu=nu, nu_max=nu_max)
+    state = ScaleByMomentsState(count=num.zero_count(), mu=mu, nu=nu, nu_max=nu_max)
+    return colocate(state, params)
 
   def update_fn(
     updates: optax.Updates, state: ScaleByMomentsState, params: optax.Params | None = None
   ) -> tuple[optax.Updates, ScaleByMomentsState]:
-    del params
-    check_fits_state(owner, updates, state.mu)
+    _check_state(owner, state, amsgrad=amsgrad)
+    check_fits_state(owner, updates, state.mu, params)
+    if params is not None:
+      _check_state_dtypes(owner, state, params, mu_dtype, nu_dtype)
     count = num.saturating_increment(state.count)
 
     @functools.cache
@@ -235,6 +261,10 @@ def scale_by_moments(
       scalar arithmetic 4096 times (and NAdam's momentum series with it).
       """
       real = num.real_dtype(dtype)
+      check_in_dtype(owner, "b1", b1, real, decay=True)
+      check_in_dtype(owner, "b2", b2, real, decay=True)
+      check_in_dtype(owner, "eps", eps, real)
+      check_in_dtype(owner, "eps_root", eps_root, real)
       keep1, mix1 = num.decay_weights(b1, dtype)
       keep2, mix2 = num.decay_weights(b2, real)
       bias2 = num.one_minus_power(b2, count, real)
@@ -249,8 +279,8 @@ def scale_by_moments(
         keep2=keep2,
         mix2=mix2,
         bias2=bias2,
-        eps=jnp.asarray(eps, real) * jnp.sqrt(scale),
-        eps_root=jnp.asarray(eps_root, real) * scale,
+        eps=num.scalar(eps, real) * jnp.sqrt(scale),
+        eps_root=num.scalar(eps_root, real) * scale,
         weight_mu=weight_mu,
         weight_g=weight_g,
       )
@@ -263,15 +293,19 @@ def scale_by_moments(
       return round_stochastically(x.astype(jnp.float32), dtype, key)
 
     def update_leaf(
-      index: int, grad: jax.Array, mu: jax.Array, nu: jax.Array, nu_max: Any = None
+      index: int, grad: Any, mu: jax.Array, nu: jax.Array, nu_max: Any = None
     ) -> tuple[jax.Array, ...]:
-      dtype = num.compute_dtype(grad.dtype)
+      grad = jnp.asarray(grad)  # Python floats are leaves too
+      out_dtype = grad.dtype
+      if jnp.iscomplexobj(mu) and not jnp.iscomplexobj(grad):  # a real gradient, complex param
+        out_dtype = num.complex_dtype(out_dtype)
+      dtype = num.compute_dtype(out_dtype)
       real = num.real_dtype(dtype)
       k = step_scalars(dtype)
       g = grad.astype(dtype)
       new_mu = k.keep1 * mu.astype(dtype) + k.mix1 * g
       if infinity_norm:
-        new_nu = jnp.maximum(k.keep2 * nu.astype(real), jnp.abs(g) + jnp.asarray(eps, real))
+        new_nu = jnp.maximum(k.keep2 * nu.astype(real), jnp.abs(g) + k.eps)
       else:
         new_nu = k.keep2 * nu.astype(real) + k.mix2 * num.squared_magnitude(g)
       second = new_nu / k.bias2 if nu_correction == "inside" else new_nu
@@ -281,9 +315,9 @@ def scale_by_moments(
         kept = (store(second, nu_max.dtype, index, 2),)
       denominator = second if infinity_norm else jnp.sqrt(second + k.eps_root) + k.eps
       numerator = k.weight_mu * new_mu + k.weight_g * g if nesterov else new_mu
-      ratio = numerator / denominator.astype(dtype)
+      ratio = num.safe_ratio(numerator, denominator.astype(dtype))
       new_mu, new_nu = store(new_mu, mu.dtype, index, 0), store(new_nu, nu.dtype, index, 1)
-      return (ratio.astype(grad.dtype), new_mu, new_nu, *kept)
+      return (ratio.astype(out_dtype), new_mu, new_nu, *kept)
 
     extra = (state.nu_max,) if amsgrad else ()
     indices = jax.tree.unflatten(jax.tree.structure(updates), range(len(jax.tree.leaves(updates))))
@@ -297,3 +331,37 @@ def scale_by_moments(
     return ratio, ScaleByMomentsState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _check_state_dtypes(
+  owner: str, state: ScaleByMomentsState, params: optax.Params, mu_dtype: Any, nu_dtype: Any
+) -> None:
+  """Raises if the state's moments are not in the dtypes this optimizer's init would choose.
+
+  A state restored from an optimizer of another ``mu_dtype``/``nu_dtype`` would
+  otherwise carry on silently in the other precision.
+  """
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  moments = (("mu", state.mu, mu_dtype, False), ("nu", state.nu, nu_dtype, True))
+  for name, tree, requested, real in moments:
+    for (path, param), held in zip(flat, jax.tree.leaves(tree), strict=True):
+      expected = num.state_dtype(jnp.result_type(param), requested, real=real)
+      if jnp.result_type(held) != expected:
+        raise TypeError(
+          f"{owner}.update: the state's {name} at {where(path)} is {jnp.result_type(held)}, "
+          f"but this optimizer keeps it in {expected} ({name}_dtype={requested!r}). Was the "
+          f"state made by an optimizer with another {name}_dtype?"
+        )
+
+
+def _check_state(owner: str, state: Any, *, amsgrad: bool) -> None:
+  """Raises if ``state`` was not made by the ``init`` of a transform like this one."""
+  check_state_type(owner, state, ScaleByMomentsState)
+  has_max = state.nu_max is not None
+  if amsgrad != has_max:
+    made_by = "with amsgrad=True (AMSGrad)" if has_max else "without amsgrad (e.g. adam)"
+    wanted = "AMSGrad, which needs" if amsgrad else "not AMSGrad, which has no"
+    raise TypeError(
+      f"{owner}.update: this state was made by an optimizer {made_by}, but this one is "
+      f"{wanted} the running maximum nu_max. Initialise the state with this optimizer's init."
+    )

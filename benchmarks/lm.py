@@ -310,7 +310,7 @@ def jax_optimizers(setup: Setup) -> dict[str, tuple[optax.GradientTransformation
 
   def bf16_adamw(rounding_seed: int | None) -> optax.GradientTransformation:
     parts = [
-      adam_optax.scale_by_moments(rounding_seed=rounding_seed),
+      adam_optax.scale_by_moments(nu_dtype=jnp.bfloat16, rounding_seed=rounding_seed),
       adam_optax.bias_correction(0.9, 0.999),
       adam_optax.add_decayed_weights(wd),
       adam_optax.scale_by_lr(lr),

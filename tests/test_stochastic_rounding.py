@@ -134,7 +134,7 @@ def test_deterministic_from_seed_and_step_so_a_resumed_run_repeats():
 
 def _bf16_adam(seed):
   parts = [
-    adam_optax.scale_by_moments(rounding_seed=seed),
+    adam_optax.scale_by_moments(nu_dtype=jnp.bfloat16, rounding_seed=seed),
     adam_optax.bias_correction(0.9, 0.999),
     adam_optax.scale_by_lr(1e-3),
   ]
@@ -185,7 +185,7 @@ def test_stochastic_second_moment_does_not_stall_in_bfloat16():
   grads = jnp.ones(20_000, jnp.bfloat16)
 
   def final_nu(seed):
-    transform = adam_optax.scale_by_moments(b2=0.999, rounding_seed=seed)
+    transform = adam_optax.scale_by_moments(b2=0.999, nu_dtype=jnp.bfloat16, rounding_seed=seed)
     state = transform.init(grads)
     step = jax.jit(lambda s: transform.update(grads, s)[1])
     for _ in range(3000):
