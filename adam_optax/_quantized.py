@@ -108,6 +108,9 @@ def _probe_signed(inner: Any, params: optax.Params, state_def: Any) -> list[bool
       return None
     signed = []
     for after_plus, after_minus in zip(*(jax.tree.leaves(end) for end in ends), strict=True):
+      if not jnp.issubdtype(jnp.result_type(after_plus), jnp.floating):
+        signed.append(True)  # never quantized: counts, complex moments
+        continue
       values = jnp.stack([jnp.ravel(after_plus), jnp.ravel(after_minus)]).astype(jnp.float32)
       unsigned = bool(jnp.all(values >= 0)) and bool(jnp.any(values > 0))
       signed.append(not unsigned)

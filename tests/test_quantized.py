@@ -323,3 +323,16 @@ def test_bad_arguments_raise_at_construction(kwargs, message):
 def test_a_factory_instead_of_an_optimizer_is_refused():
   with pytest.raises(TypeError, match=r"quantized\(optimizer=...\): expected an optax"):
     adam_optax.quantized(adam_optax.adam)
+
+
+def test_complex_moments_stay_whole_and_their_real_second_moment_is_quantized():
+  params = {"c": jnp.ones(5000, jnp.complex64)}
+  optimizer = adam_optax.quantized(adam_optax.adam(1e-2), 8)
+  state = optimizer.init(params)
+  moments = state.inner_state[0]
+  assert moments.mu["c"].dtype == jnp.complex64
+  assert isinstance(moments.nu["c"], QuantizedArray) and not moments.nu["c"].signed
+  grads = {"c": jnp.full(5000, 1 + 1j, jnp.complex64)}
+  updates, _ = jax.jit(optimizer.update)(grads, state, params)
+  expected, _ = adam_optax.adam(1e-2).update(grads, adam_optax.adam(1e-2).init(params), params)
+  np.testing.assert_allclose(updates["c"], expected["c"], rtol=1e-6)
