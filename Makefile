@@ -25,7 +25,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 test: lint
-	$(BIN)/python -m pytest adam_optax tests README.md
+	$(BIN)/python -m pytest adam_optax tests README.md docs
 
 example: $(STAMP)
 	$(BIN)/python examples/regression.py

@@ -296,3 +296,29 @@ def test_amsgrad_conventions_share_one_layout() -> None:
   saved = adam_optax.restore_target(adam_optax.amsgrad(1e-2), params)
   other = adam_optax.amsgrad(1e-2, convention="optax")
   assert adam_optax.restore_target(other, params, saved=saved) is not None
+
+
+def test_an_optax_adam_state_is_another_layout() -> None:
+  """optax.adam's (ScaleByAdamState, EmptyState) lacks the bias correction's count."""
+  params = initial_params()
+  saved = jax.eval_shape(optax.adam(1e-2).init, params)
+  with pytest.raises(ValueError, match=r"only in the target: 1\.count\)"):
+    adam_optax.restore_target(adam_optax.adam(1e-2), params, saved=saved)
+
+
+def test_an_async_save_survives_the_next_donated_steps(tmp_path: Path) -> None:
+  """orbax's asynchronous save copies the arrays before the next step donates them."""
+  mesh = jax.make_mesh((8,), ("data",))
+  optimizer = adam_optax.adam(1e-2)
+  params = jax.device_put(initial_params(), NamedSharding(mesh, P()))
+  shardings = adam_optax.state_shardings(optimizer, params, mesh, zero1_axis="data")
+  state = adam_optax.init_sharded(optimizer, params, shardings)
+  step = adam_optax.sharded_train_step(_loss, optimizer, mesh, shardings, NamedSharding(mesh, P()))
+  params, state, _ = step(params, state, gradients(0, "adam"))
+  expected = jax.tree.map(np.array, (params, state))  # host copies, before any donation
+  checkpoints = manager(tmp_path, enable_async_checkpointing=True)
+  checkpoints.save(1, args=ocp.args.StandardSave({"params": params, "opt_state": state}))
+  for index in range(1, 4):  # each step donates the arrays being saved
+    params, state, _ = step(params, state, gradients(index, "adam"))
+  checkpoints.wait_until_finished()
+  _assert_bitwise_equal(restore(tmp_path, 1, optimizer), expected)
