@@ -51,7 +51,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import inspect
+import os
 import re
 import unittest
 from collections.abc import Callable
@@ -61,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from optax._src import alias_test, float64_test, sharding_test, transform_test
+from optax._src import alias_test, float64_test, transform_test
 from optax.contrib import _complex_valued_test, _schedule_free_test
 from optax.schedules import _inject_test
 from optax.transforms import _accumulation_test
@@ -69,6 +71,20 @@ from optax.tree_utils import _state_utils_test
 from packaging.version import Version
 
 import adam_optax
+
+
+def _import_sharding_test() -> Any:
+  """optax's sharding_test, whose import sets ``os.environ["XLA_FLAGS"]``: put back as it was."""
+  flags = os.environ.get("XLA_FLAGS")
+  module = importlib.import_module("optax._src.sharding_test")
+  if flags is None:
+    os.environ.pop("XLA_FLAGS", None)
+  else:
+    os.environ["XLA_FLAGS"] = flags
+  return module
+
+
+sharding_test = _import_sharding_test()
 
 
 def _scale_by_adam(
