@@ -19,6 +19,9 @@ from adam_optax._family import nadamw as nadamw
 from adam_optax._finite import SkipNonfiniteState as SkipNonfiniteState
 from adam_optax._finite import nonfinite_report as nonfinite_report
 from adam_optax._finite import skip_nonfinite as skip_nonfinite
+from adam_optax._from_optax import state_from_optax as state_from_optax
+from adam_optax._from_torch import state_from_torch as state_from_torch
+from adam_optax._from_torch import state_to_torch as state_to_torch
 from adam_optax._learning_rate import ScaleByLrState as ScaleByLrState
 from adam_optax._learning_rate import scale_by_lr as scale_by_lr
 from adam_optax._moments import ScaleByMomentsState as ScaleByMomentsState
@@ -57,6 +60,9 @@ __all__ = [
   "scale_by_moments",
   "sharded_train_step",
   "skip_nonfinite",
+  "state_from_optax",
+  "state_from_torch",
   "state_memory",
   "state_shardings",
+  "state_to_torch",
 ]

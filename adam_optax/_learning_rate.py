@@ -7,6 +7,7 @@ from typing import NamedTuple
 import jax
 import optax
 
+from adam_optax._numerics import scalar
 from adam_optax._scaling import scale_tree, schedule_state, step_value
 from adam_optax._validation import check_rate
 
@@ -40,11 +41,11 @@ def scale_by_lr(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransfor
     :class:`optax.EmptyState` for a constant rate and :class:`ScaleByLrState`
     for a schedule.
   """
-  check_rate("scale_by_lr", "learning_rate", learning_rate)
+  owner = "scale_by_lr"
+  learning_rate = check_rate(owner, "learning_rate", learning_rate)
 
   def init_fn(params: optax.Params) -> ScaleByLrState | optax.EmptyState:
-    del params
-    return schedule_state(learning_rate, ScaleByLrState)
+    return schedule_state(learning_rate, ScaleByLrState, params)
 
   def update_fn(
     updates: optax.Updates,
@@ -52,7 +53,7 @@ def scale_by_lr(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransfor
     params: optax.Params | None = None,
   ) -> tuple[optax.Updates, ScaleByLrState | optax.EmptyState]:
     del params
-    rate, state = step_value(learning_rate, state)
-    return scale_tree(updates, lambda dtype: -rate.astype(dtype)), state
+    rate, state = step_value(owner, "learning_rate", learning_rate, state)
+    return scale_tree(owner, updates, lambda dtype: -scalar(rate, dtype)), state
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -16,11 +16,13 @@ import numpy as np
 import optax
 
 from adam_optax import _numerics as num
-from adam_optax._trees import check_fits_state
+from adam_optax._trees import check_fits_state, check_inexact_leaves, check_state_type, colocate
 from adam_optax._validation import (
   check_choice,
   check_decay,
+  check_flag,
   check_float_dtype,
+  check_in_dtype,
   check_nonnegative,
   check_zero,
 )
@@ -141,7 +143,10 @@ def scale_by_moments(
   ``bias_correction(b1, None)``.
 
   Half-precision leaves are computed in float32 and stored back in their own
-  dtype, so an all-zero float16 gradient gives a zero update, not ``0/0``.
+  dtype, so an all-zero float16 gradient gives a zero update, not ``0/0``; their
+  second moment is kept in float32 unless ``nu_dtype`` says otherwise (see
+  below). With ``eps = 0`` an entry whose second moment is 0 (no gradient yet,
+  or one so small that its square underflows) gets a zero step, not ``0/0``.
 
   Args:
     b1: decay of the first-moment EMA, in ``[0, 1)``.
@@ -151,10 +156,17 @@ def scale_by_moments(
       differentiate through the update (the root's derivative at 0 is infinite).
     mu_dtype: precision of ``mu`` in the state (complex for complex params);
       ``None`` keeps each param's dtype.
-    nu_dtype: precision of ``nu`` (and ``nu_max``) in the state (always real); ``None`` keeps
-      each param's precision. ``jnp.float32`` with bfloat16 params stops the
-      second moment from stalling: bfloat16's 8-bit mantissa cannot hold an
-      increment of ``(1 - b2) g^2`` once ``v`` is a few hundred times larger.
+    nu_dtype: precision of ``nu`` (and ``nu_max``) in the state (always real).
+      ``None`` keeps each param's precision, except for half-precision params
+      (float16, bfloat16), whose second moment is kept in float32: in float16
+      :math:`(1 - \beta_2) g^2` underflows for :math:`|g|` below ~1e-3 (each
+      step then grows towards :math:`\eta / \sqrt{1 - \beta_2}`) and
+      :math:`g^2` overflows above 256 (the param freezes); in bfloat16 the
+      8-bit mantissa cannot hold an increment of :math:`(1 - \beta_2) g^2`
+      once :math:`v` is a few hundred times larger, so :math:`v` stalls. That
+      costs 2 bytes per parameter more than ``optax.adam``; pass
+      ``nu_dtype=jnp.bfloat16`` (or ``jnp.float16``) to store it in half
+      precision anyway.
     nesterov: use Nesterov momentum (Dozat, 2016) in the numerator.
     momentum_decay: with ``nesterov``, ``None`` for optax's NAdam or
       :math:`\psi \ge 0` for torch's momentum schedule (torch's default is
@@ -176,19 +188,22 @@ def scale_by_moments(
     https://arxiv.org/abs/1904.09237.
   """
   owner = "scale_by_moments"
-  check_decay(owner, "b1", b1)
-  check_decay(owner, "b2", b2)
-  check_nonnegative(owner, "eps", eps)
-  check_nonnegative(owner, "eps_root", eps_root)
+  b1 = check_decay(owner, "b1", b1)
+  b2 = check_decay(owner, "b2", b2)
+  eps = check_nonnegative(owner, "eps", eps)
+  eps_root = check_nonnegative(owner, "eps_root", eps_root)
   mu_dtype = check_float_dtype(owner, "mu_dtype", mu_dtype)
   nu_dtype = check_float_dtype(owner, "nu_dtype", nu_dtype)
+  nesterov = check_flag(owner, "nesterov", nesterov)
+  amsgrad = check_flag(owner, "amsgrad", amsgrad)
+  infinity_norm = check_flag(owner, "infinity_norm", infinity_norm)
   if momentum_decay is not None:
     if not nesterov:
       raise ValueError(
         f"{owner}(momentum_decay={momentum_decay!r}): momentum_decay schedules the "
         "Nesterov momentum; pass nesterov=True with it"
       )
-    check_nonnegative(owner, "momentum_decay", momentum_decay)
+    momentum_decay = check_nonnegative(owner, "momentum_decay", momentum_decay)
   if nu_correction is None:
     nu_correction = "none" if infinity_norm else "downstream"
   check_choice(owner, "nu_correction", nu_correction, ("downstream", "inside", "none"))
@@ -201,20 +216,23 @@ def scale_by_moments(
     check_zero(owner, "eps_root", eps_root, "with infinity_norm=True (it has no root)")
 
   def init_fn(params: optax.Params) -> ScaleByMomentsState:
-    def zeros(param: jax.Array, requested: Any, *, real: bool) -> jax.Array:
+    check_inexact_leaves(f"{owner}.init", params, "param")
+
+    def zeros(param: Any, requested: Any, *, real: bool) -> jax.Array:
       dtype = num.state_dtype(jnp.result_type(param), requested, real=real)
-      return jnp.zeros(jnp.shape(param), dtype)
+      return jnp.zeros_like(param, dtype=dtype)  # keeps the param's sharding
 
     mu = jax.tree.map(lambda p: zeros(p, mu_dtype, real=False), params)
     nu = jax.tree.map(lambda p: zeros(p, nu_dtype, real=True), params)
     nu_max = jax.tree.map(jnp.copy, nu) if amsgrad else None
-    return ScaleByMomentsState(count=num.zero_count(), mu=mu, nu=nu, nu_max=nu_max)
+    state = ScaleByMomentsState(count=num.zero_count(), mu=mu, nu=nu, nu_max=nu_max)
+    return colocate(state, params)
 
   def update_fn(
     updates: optax.Updates, state: ScaleByMomentsState, params: optax.Params | None = None
   ) -> tuple[optax.Updates, ScaleByMomentsState]:
-    del params
-    check_fits_state(owner, updates, state.mu)
+    _check_state(owner, state, amsgrad=amsgrad)
+    check_fits_state(owner, updates, state.mu, params)
     count = num.saturating_increment(state.count)
 
     @functools.cache
@@ -225,6 +243,10 @@ def scale_by_moments(
       scalar arithmetic 4096 times (and NAdam's momentum series with it).
       """
       real = num.real_dtype(dtype)
+      check_in_dtype(owner, "b1", b1, real, decay=True)
+      check_in_dtype(owner, "b2", b2, real, decay=True)
+      check_in_dtype(owner, "eps", eps, real)
+      check_in_dtype(owner, "eps_root", eps_root, real)
       keep1, mix1 = num.decay_weights(b1, dtype)
       keep2, mix2 = num.decay_weights(b2, real)
       bias2 = num.one_minus_power(b2, count, real)
@@ -239,20 +261,24 @@ def scale_by_moments(
         keep2=keep2,
         mix2=mix2,
         bias2=bias2,
-        eps=jnp.asarray(eps, real) * jnp.sqrt(scale),
-        eps_root=jnp.asarray(eps_root, real) * scale,
+        eps=num.scalar(eps, real) * jnp.sqrt(scale),
+        eps_root=num.scalar(eps_root, real) * scale,
         weight_mu=weight_mu,
         weight_g=weight_g,
       )
 
-    def update_leaf(grad: jax.Array, mu: jax.Array, nu: jax.Array, nu_max: Any = None):
-      dtype = num.compute_dtype(grad.dtype)
+    def update_leaf(grad: Any, mu: jax.Array, nu: jax.Array, nu_max: Any = None):
+      grad = jnp.asarray(grad)  # Python floats are leaves too
+      out_dtype = grad.dtype
+      if jnp.iscomplexobj(mu) and not jnp.iscomplexobj(grad):  # a real gradient, complex param
+        out_dtype = num.complex_dtype(out_dtype)
+      dtype = num.compute_dtype(out_dtype)
       real = num.real_dtype(dtype)
       k = step_scalars(dtype)
       g = grad.astype(dtype)
       new_mu = k.keep1 * mu.astype(dtype) + k.mix1 * g
       if infinity_norm:
-        new_nu = jnp.maximum(k.keep2 * nu.astype(real), jnp.abs(g) + jnp.asarray(eps, real))
+        new_nu = jnp.maximum(k.keep2 * nu.astype(real), jnp.abs(g) + k.eps)
       else:
         new_nu = k.keep2 * nu.astype(real) + k.mix2 * num.squared_magnitude(g)
       second = new_nu / k.bias2 if nu_correction == "inside" else new_nu
@@ -262,8 +288,8 @@ def scale_by_moments(
         kept = (second.astype(nu_max.dtype),)
       denominator = second if infinity_norm else jnp.sqrt(second + k.eps_root) + k.eps
       numerator = k.weight_mu * new_mu + k.weight_g * g if nesterov else new_mu
-      ratio = numerator / denominator.astype(dtype)
-      return (ratio.astype(grad.dtype), new_mu.astype(mu.dtype), new_nu.astype(nu.dtype), *kept)
+      ratio = num.safe_ratio(numerator, denominator.astype(dtype))
+      return (ratio.astype(out_dtype), new_mu.astype(mu.dtype), new_nu.astype(nu.dtype), *kept)
 
     extra = (state.nu_max,) if amsgrad else ()
     out = jax.tree.map(update_leaf, updates, state.mu, state.nu, *extra)
@@ -276,3 +302,16 @@ def scale_by_moments(
     return ratio, ScaleByMomentsState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _check_state(owner: str, state: Any, *, amsgrad: bool) -> None:
+  """Raises if ``state`` was not made by the ``init`` of a transform like this one."""
+  check_state_type(owner, state, ScaleByMomentsState)
+  has_max = state.nu_max is not None
+  if amsgrad != has_max:
+    made_by = "with amsgrad=True (AMSGrad)" if has_max else "without amsgrad (e.g. adam)"
+    wanted = "AMSGrad, which needs" if amsgrad else "not AMSGrad, which has no"
+    raise TypeError(
+      f"{owner}.update: this state was made by an optimizer {made_by}, but this one is "
+      f"{wanted} the running maximum nu_max. Initialise the state with this optimizer's init."
+    )

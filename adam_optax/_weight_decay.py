@@ -6,10 +6,14 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from adam_optax import _numerics as num
+from adam_optax._recipes import DecayRecipe, recorded
 from adam_optax._scaling import schedule_state, step_value
+from adam_optax._trees import check_fits_params, where
 from adam_optax._validation import check_rate
 
 
@@ -58,12 +62,19 @@ def add_decayed_weights(
     Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019,
     https://arxiv.org/abs/1711.05101.
   """
-  owner = "add_decayed_weights"
-  check_rate(owner, "weight_decay", weight_decay)
+  return decayed_weights("add_decayed_weights", weight_decay, mask)
+
+
+def decayed_weights(
+  owner: str,
+  weight_decay: optax.ScalarOrSchedule,
+  mask: Any | Callable[[optax.Params], Any] | None,
+) -> optax.GradientTransformation:
+  """:func:`add_decayed_weights`, validated and reporting errors in ``owner``'s name."""
+  weight_decay = check_rate(owner, "weight_decay", weight_decay)
 
   def init_fn(params: optax.Params) -> AddDecayedWeightsState | optax.EmptyState:
-    del params
-    return schedule_state(weight_decay, AddDecayedWeightsState)
+    return schedule_state(weight_decay, AddDecayedWeightsState, params)
 
   def update_fn(
     updates: optax.Updates,
@@ -72,14 +83,49 @@ def add_decayed_weights(
   ) -> tuple[optax.Updates, AddDecayedWeightsState | optax.EmptyState]:
     if params is None:
       raise ValueError(f"{owner}: update needs the params (update(grads, state, params)).")
-    rate, state = step_value(weight_decay, state)
+    check_fits_params(owner, updates, params)
+    rate, state = step_value(owner, "weight_decay", weight_decay, state)
 
-    def decay_leaf(update: jax.Array, param: jax.Array) -> jax.Array:
+    def decay_leaf(update: Any, param: Any) -> jax.Array:
+      update = jnp.asarray(update)
       dtype = num.compute_dtype(update.dtype)
-      decay = rate.astype(num.real_dtype(dtype)).astype(dtype)
-      return (update.astype(dtype) + decay * param.astype(dtype)).astype(update.dtype)
+      decay = num.scalar(rate, num.real_dtype(dtype)).astype(dtype)
+      return (update.astype(dtype) + decay * jnp.asarray(param).astype(dtype)).astype(update.dtype)
 
     return jax.tree.map(decay_leaf, updates, params), state
 
-  transform = optax.GradientTransformation(init_fn, update_fn)
-  return transform if mask is None else optax.masked(transform, mask)
+  transform = recorded(DecayRecipe(weight_decay), optax.GradientTransformation(init_fn, update_fn))
+  if mask is None:
+    return transform
+  masked = optax.masked(transform, mask)
+
+  def masked_init(params: optax.Params) -> Any:
+    _check_mask(owner, mask, params)
+    return masked.init(params)
+
+  def masked_update(
+    updates: optax.Updates, state: Any, params: optax.Params | None = None
+  ) -> tuple[optax.Updates, Any]:
+    if params is not None:
+      _check_mask(owner, mask, params)
+    return masked.update(updates, state, params)
+
+  return optax.GradientTransformation(masked_init, masked_update)
+
+
+def _check_mask(owner: str, mask: Any, params: optax.Params) -> None:
+  """Raises unless ``mask`` (or ``mask(params)``) is a tree of bools over (a prefix of) params."""
+  tree = mask(params) if callable(mask) else mask
+  try:
+    jax.tree.map(lambda flag, _: flag, tree, params)
+  except (ValueError, TypeError):
+    raise ValueError(
+      f"{owner}(mask=...): the mask must be a tree of booleans with the structure of the "
+      "params (or of a prefix of it, one boolean for a whole subtree); got "
+      f"{jax.tree.structure(tree)} for params {jax.tree.structure(params)}."
+    ) from None
+  for path, flag in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if not isinstance(flag, (bool, np.bool_)):
+      raise TypeError(
+        f"{owner}(mask=...): the mask at {where(path)} is {flag!r}; expected True or False."
+      )
