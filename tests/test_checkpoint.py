@@ -298,12 +298,24 @@ def test_amsgrad_conventions_share_one_layout() -> None:
   assert adam_optax.restore_target(other, params, saved=saved) is not None
 
 
-def test_an_optax_adam_state_is_another_layout() -> None:
-  """optax.adam's (ScaleByAdamState, EmptyState) lacks the bias correction's count."""
-  params = initial_params()
-  saved = jax.eval_shape(optax.adam(1e-2).init, params)
+def test_an_optax_adam_checkpoint_is_another_layout_and_converts(tmp_path: Path) -> None:
+  """optax.adam's (ScaleByAdamState, EmptyState) lacks the bias correction's count:
+  restore it as optax's state, then ``state_from_optax`` continues the run."""
+  params, old = initial_params(), optax.adam(1e-2)
+  old_state = old.init(params)
+  for index in range(SAVED):
+    updates, old_state = old.update(gradients(index, "adam"), old_state, params)
+    params = optax.apply_updates(params, updates)
+  save(tmp_path, SAVED, params, old_state).close()
+  saved = manager(tmp_path).item_metadata(SAVED)["opt_state"]
   with pytest.raises(ValueError, match=r"only in the target: 1\.count\)"):
     adam_optax.restore_target(adam_optax.adam(1e-2), params, saved=saved)
+  target = {"params": jax.eval_shape(lambda: params), "opt_state": jax.eval_shape(old.init, params)}
+  restored = manager(tmp_path).restore(SAVED, args=ocp.args.StandardRestore(target))
+  state = adam_optax.state_from_optax(adam_optax.adam(1e-2), params, restored["opt_state"])
+  assert int(state[1].count) == SAVED
+  _assert_bitwise_equal(state[0].mu, old_state[0].mu)
+  _assert_bitwise_equal(state[0].nu, old_state[0].nu)
 
 
 def test_an_async_save_survives_the_next_donated_steps(tmp_path: Path) -> None:

@@ -41,10 +41,13 @@ transform).
 
 Each test runs as ``unittest`` runs it, subtests included. An optax test may
 fail for a reason that is a deliberate difference of this package: those are
-listed in ``DIFFERENCES`` with the reason, at the granularity of one subtest,
+listed in ``expected_differences`` with the reason, at the granularity of one subtest,
 and the test then checks that exactly those subtests fail, with the declared
-error, so that a difference that disappears or changes is noticed. Failures
-caused by a bug are marked ``xfail(strict=True)`` in ``BUGS``.
+error, so that a difference that disappears or changes is noticed. A case
+that fails because of a bug gets ``pytest.mark.xfail(strict=True, reason=...)``
+at its parametrization until the fix lands; none is left: the sharding tests
+failed on issue 8 item 1 (``init`` dropped the params' explicit sharding) until
+it was fixed.
 """
 
 from __future__ import annotations
@@ -412,19 +415,6 @@ def expected_differences(case: Case) -> dict[str | None, Difference]:
   return {}
 
 
-def _bug_marks(case: Case) -> list[pytest.MarkDecorator]:
-  """``xfail(strict=True)`` for the cases that fail because of a known bug."""
-  if case.method == "test_state_sharding_type_init_match_update":
-    return [
-      pytest.mark.xfail(
-        strict=True,
-        reason="issue 8 item 1: init drops the params' explicit sharding (mu float16[2,8,4], "
-        "update returns float16[2,8@x,4])",
-      )
-    ]
-  return []
-
-
 class _Outcome(NamedTuple):
   failures: dict[str | None, str]  # subtest message (None: the test itself) -> traceback
   skipped: list[str]
@@ -454,9 +444,7 @@ def _run(case: Case) -> _Outcome:
   return _Outcome(failures, [reason for _, reason in result.skipped])
 
 
-@pytest.mark.parametrize(
-  "case", [pytest.param(case, id=case.id, marks=_bug_marks(case)) for case in CASES]
-)
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.id) for case in CASES])
 def test_optax_suite(case: Case) -> None:
   expected = expected_differences(case)
   outcome = _run(case)
