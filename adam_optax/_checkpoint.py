@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import optax
 
-from adam_optax._sharding import _abstract, init_sharded
+from adam_optax._sharding import _abstract, _shape, init_sharded
 
 PyTree = Any
 _SHOWN = 6  # differences listed in one message
@@ -46,7 +46,7 @@ def _listed(names: list[str]) -> str:
 
 def _describe(leaf: Any) -> str:
   dtype = getattr(leaf, "dtype", None)
-  shape = tuple(getattr(leaf, "shape", np.shape(leaf)))
+  shape = _shape(leaf)
   name = np.dtype(dtype).name if dtype is not None else type(leaf).__name__
   return f"{name}[{','.join(map(str, shape))}]"
 
@@ -68,7 +68,7 @@ def _check_saved(saved: PyTree, target: PyTree) -> None:
   differences = []
   for name, leaf in target_leaves.items():
     kept = saved_leaves[name]
-    same_shape = tuple(getattr(kept, "shape", np.shape(kept))) == tuple(leaf.shape)
+    same_shape = _shape(kept) == tuple(leaf.shape)
     kept_dtype = getattr(kept, "dtype", None)
     if not same_shape or (kept_dtype is not None and np.dtype(kept_dtype) != leaf.dtype):
       differences.append(f"{name}: {_describe(kept)} saved, {_describe(leaf)} in the target")
