@@ -10,6 +10,7 @@ from adam_optax._bias_correction import BiasCorrectionState as BiasCorrectionSta
 from adam_optax._bias_correction import bias_correction as bias_correction
 from adam_optax._buckets import BucketLayout as BucketLayout
 from adam_optax._buckets import bucket as bucket
+from adam_optax._checkpoint import restore_target as restore_target
 from adam_optax._family import adamax as adamax
 from adam_optax._family import adamw as adamw
 from adam_optax._family import amsgrad as amsgrad
@@ -63,6 +64,7 @@ __all__ = [
   "nadamw",
   "nonfinite_report",
   "quantized",
+  "restore_target",
   "scale_by_lr",
   "scale_by_moments",
   "sharded_train_step",

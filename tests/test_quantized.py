@@ -295,7 +295,7 @@ def test_orbax_checkpoint_round_trip(tmp_path):
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(tmp_path / "state", state)
     checkpointer.wait_until_finished()
-    abstract = jax.eval_shape(optimizer.init, params)
+    abstract = adam_optax.restore_target(optimizer, params)
     restored = checkpointer.restore(tmp_path / "state", abstract)
   assert jax.tree.structure(restored) == jax.tree.structure(state)
   chex.assert_trees_all_equal(restored, state)
