@@ -16,7 +16,13 @@ import numpy as np
 import optax
 
 from adam_optax import _numerics as num
-from adam_optax._trees import check_fits_state, check_inexact_leaves, check_state_type, colocate
+from adam_optax._trees import (
+  check_fits_state,
+  check_inexact_leaves,
+  check_state_type,
+  colocate,
+  where,
+)
 from adam_optax._validation import (
   check_choice,
   check_decay,
@@ -252,6 +258,8 @@ def scale_by_moments(
   ) -> tuple[optax.Updates, ScaleByMomentsState]:
     _check_state(owner, state, amsgrad=amsgrad)
     check_fits_state(owner, updates, state.mu, params)
+    if params is not None:
+      _check_state_dtypes(owner, state, params, mu_dtype, nu_dtype)
     count = num.saturating_increment(state.count)
 
     @functools.cache
@@ -321,6 +329,27 @@ def scale_by_moments(
     return ratio, ScaleByMomentsState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _check_state_dtypes(
+  owner: str, state: ScaleByMomentsState, params: optax.Params, mu_dtype: Any, nu_dtype: Any
+) -> None:
+  """Raises if the state's moments are not in the dtypes this optimizer's init would choose.
+
+  A state restored from an optimizer of another ``mu_dtype``/``nu_dtype`` would
+  otherwise carry on silently in the other precision.
+  """
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  moments = (("mu", state.mu, mu_dtype, False), ("nu", state.nu, nu_dtype, True))
+  for name, tree, requested, real in moments:
+    for (path, param), held in zip(flat, jax.tree.leaves(tree), strict=True):
+      expected = num.state_dtype(jnp.result_type(param), requested, real=real)
+      if jnp.result_type(held) != expected:
+        raise TypeError(
+          f"{owner}.update: the state's {name} at {where(path)} is {jnp.result_type(held)}, "
+          f"but this optimizer keeps it in {expected} ({name}_dtype={requested!r}). Was the "
+          f"state made by an optimizer with another {name}_dtype?"
+        )
 
 
 def _check_state(owner: str, state: Any, *, amsgrad: bool) -> None:

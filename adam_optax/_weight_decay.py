@@ -7,7 +7,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from adam_optax import _numerics as num
@@ -140,7 +139,8 @@ def _check_mask(owner: str, mask: Any, params: optax.Params) -> None:
       f"{jax.tree.structure(tree)} for params {jax.tree.structure(params)}."
     ) from None
   for path, flag in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    if not isinstance(flag, (bool, np.bool_)):
+    concrete_bool = not isinstance(flag, jax.core.Tracer) and jnp.ndim(flag) == 0
+    if not (concrete_bool and jnp.result_type(flag) == jnp.bool_):
       raise TypeError(
         f"{owner}(mask=...): the mask at {where(path)} is {flag!r}; expected True or False."
       )

@@ -471,3 +471,26 @@ def test_12_reusing_donated_inputs_raises_instead_of_crashing():
   )
   assert result.returncode == 0, result.stderr[-2000:]
   assert "params['w'] was donated to an earlier step" in result.stdout
+
+
+# Found by the second round of attacks.
+
+
+def test_a_state_restored_from_another_mu_or_nu_dtype_is_named():
+  params = {"w": jnp.ones(3)}
+  state = adam_optax.adam(1e-3).init(params)
+  with pytest.raises(TypeError, match=re.escape("the state's mu at ['w'] is float32, but")):
+    adam_optax.adam(1e-3, mu_dtype=jnp.bfloat16).update(params, state, params)
+  half = {"w": jnp.ones(3, jnp.bfloat16)}
+  old_layout = adam_optax.adam(1e-3, nu_dtype=jnp.bfloat16).init(half)  # optax's layout
+  with pytest.raises(TypeError, match=re.escape("the state's nu at ['w'] is bfloat16, but")):
+    adam_optax.adam(1e-3).update(half, old_layout, half)
+
+
+def test_a_mask_of_concrete_boolean_arrays_is_accepted():
+  params = {"w": jnp.ones(2), "b": jnp.ones(1)}
+  mask = {"w": jnp.asarray(True), "b": np.bool_(False)}
+  optimizer = adam_optax.adamw(0.1, weight_decay=1.0, mask=mask)
+  updates, _ = optimizer.update(params, optimizer.init(params), params)
+  np.testing.assert_allclose(updates["w"], -0.2)
+  np.testing.assert_allclose(updates["b"], -0.1)
