@@ -237,6 +237,20 @@ def trim_code_blocks(app: Sphinx, doctree: nodes.document) -> None:
       block[0] = nodes.Text(block.rawsource)
 
 
+def split_unaligned_math(app: Sphinx, doctree: nodes.document) -> None:
+  """Shows each blank-line-separated equation of a ``.. math::`` block on its own, centred.
+
+  Sphinx stacks such equations in one ``aligned`` environment, which right-aligns
+  an equation that has no ``&``; the docstrings mean separate displays.
+  """
+  del app
+  for block in list(doctree.findall(nodes.math_block)):
+    parts = [part.strip() for part in block.astext().split("\n\n") if part.strip()]
+    if len(parts) > 1 and not any("&" in part for part in parts) and not block.get("label"):
+      keep = {k: v for k, v in block.attributes.items() if k not in ("ids", "names")}
+      block.replace_self([nodes.math_block(part, part, **keep) for part in parts])
+
+
 # --- MathJax, offline -------------------------------------------------------------------
 
 MATHJAX_FILES = ["tex-svg-full.js", "ui", "a11y/assistive-mml.js", "a11y/semantic-enrich.js"]
@@ -262,6 +276,7 @@ def setup(app: Sphinx) -> dict[str, object]:
   app.add_directive("api-summary", ApiSummary)
   app.connect("builder-inited", generate)
   app.connect("doctree-read", trim_code_blocks)
+  app.connect("doctree-read", split_unaligned_math)
   app.connect("env-check-consistency", check_every_name_documented)
   app.connect("build-finished", copy_mathjax)
   return {"parallel_read_safe": True, "parallel_write_safe": True}
