@@ -10,6 +10,7 @@ from adam_optax._bias_correction import BiasCorrectionState as BiasCorrectionSta
 from adam_optax._bias_correction import bias_correction as bias_correction
 from adam_optax._buckets import BucketLayout as BucketLayout
 from adam_optax._buckets import bucket as bucket
+from adam_optax._checkpoint import restore_target as restore_target
 from adam_optax._family import adamax as adamax
 from adam_optax._family import adamw as adamw
 from adam_optax._family import amsgrad as amsgrad
@@ -54,6 +55,7 @@ __all__ = [
   "nadam",
   "nadamw",
   "nonfinite_report",
+  "restore_target",
   "scale_by_lr",
   "scale_by_moments",
   "sharded_train_step",
