@@ -4,14 +4,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: install test lint format example examples bench bench-quick bench-half bench-lm bench-lm-quick clean
+.PHONY: install test lint format docs example examples bench bench-quick bench-half bench-lm bench-lm-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test,examples,dev]"
 	touch $(STAMP)
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
 
 install: $(STAMP)
 
@@ -26,6 +31,11 @@ format: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest adam_optax tests README.md docs
+
+# The site, into site/: warnings are errors, and the examples and parity tables
+# are rerun (cached in build/docs-cache until their inputs change).
+docs: $(DOCS_STAMP)
+	$(BIN)/sphinx-build -b html -W --keep-going -q docs site
 
 example: $(STAMP)
 	$(BIN)/python examples/regression.py
@@ -56,4 +66,4 @@ bench-lm-quick: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/lm.py --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist site *.egg-info docs/gallery docs/generated

@@ -194,6 +194,25 @@ def scale_by_moments(
     An :class:`optax.GradientTransformation` with state
     :class:`ScaleByMomentsState`.
 
+  Raises:
+    ValueError: a hyperparameter outside its range or not a number, named in
+      the message; an unknown ``nu_correction``; ``momentum_decay`` without
+      ``nesterov``; ``infinity_norm`` with a ``nu_correction`` other than
+      ``"none"`` or a nonzero ``eps_root``.
+    TypeError: a flag (``nesterov``, ``amsgrad``, ``infinity_norm``) that is
+      not a bool.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adam_optax
+    >>> moments = adam_optax.scale_by_moments(b1=0.9, b2=0.999, eps=0.0)
+    >>> state = moments.init(jnp.zeros(2))
+    >>> ratio, state = moments.update(jnp.array([0.5, -3.0]), state)
+    >>> ratio  # step 1: (1 - b1) g / sqrt((1 - b2) g^2), before bias correction
+    Array([ 3.1622987, -3.1622987], dtype=float32)
+    >>> int(state.count), state.mu.dtype, state.nu.dtype
+    (1, dtype('float32'), dtype('float32'))
+
   References:
     Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015,
     https://arxiv.org/abs/1412.6980.

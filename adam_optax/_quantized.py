@@ -143,7 +143,9 @@ def quantized(
 
   Which leaves are quantized, and with which map, is decided by structure
   and by a probe of the optimizer, never by field names; see
-  :mod:`adam_optax._quantized`'s rules, summarised in ``docs/low_memory.md``.
+  the rules of the documentation's "Low-memory state" page: a subtree that
+  mirrors the params is parameter-shaped; a probe of ``optimizer`` on
+  one-element stand-ins picks the unsigned map for leaves that stay ``>= 0``.
 
   Args:
     optimizer: any :class:`optax.GradientTransformation` (or object with
