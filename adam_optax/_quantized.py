@@ -28,6 +28,7 @@ Override per leaf with ``signed``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from adam_optax._quantize import BITS, QuantizedArray, decode, encode
+from adam_optax._trees import check_state_type
 
 _DEFAULT_BLOCK = {8: 256, 4: 128}
 
@@ -54,6 +56,11 @@ class QuantizedState(NamedTuple):
 
 def _is_quantized(node: Any) -> bool:
   return isinstance(node, QuantizedArray)
+
+
+def leaf_size(leaf: QuantizedArray) -> int:
+  """The number of elements of the array ``leaf`` stands for."""
+  return math.prod(leaf.array_shape)
 
 
 def param_shaped_leaves(params: optax.Params, tree: Any) -> list[bool]:
@@ -196,7 +203,7 @@ def quantized(
       f"{type(optimizer).__name__}; did you pass the factory (adam) instead of the "
       "optimizer (adam(learning_rate))?"
     )
-  if isinstance(bits, bool) or bits not in BITS:
+  if isinstance(bits, bool) or not isinstance(bits, int) or bits not in BITS:
     raise ValueError(f"{owner}(bits={bits!r}): bits must be 8 or 4")
   if block_size is None:
     block_size = _DEFAULT_BLOCK[bits]
@@ -214,6 +221,36 @@ def quantized(
       f"{owner}(signed={signed!r}): signed must be None or a function of the leaf's path"
     )
   inner = optax.with_extra_args_support(optimizer)
+
+  def _check_layout(updates: optax.Updates, stored: Any) -> None:
+    """Raises if ``stored`` was quantized by another configuration (or not at all)."""
+    flat, layout_def = jax.tree_util.tree_flatten_with_path(stored, is_leaf=_is_quantized)
+    stand_ins = [
+      jax.ShapeDtypeStruct(x.array_shape, x.array_dtype) if _is_quantized(x) else x for _, x in flat
+    ]
+    shaped = param_shaped_leaves(updates, jax.tree.unflatten(layout_def, stand_ins))
+    for (path, leaf), mirror in zip(flat, shaped, strict=True):
+      if _is_quantized(leaf):
+        layout = (leaf.bits, leaf.block_size)
+        if layout != (bits, block_size) or not mirror or leaf_size(leaf) < min_size:
+          raise ValueError(
+            f"{owner}.update: the state at {jax.tree_util.keystr(path)} was quantized with "
+            f"bits={leaf.bits}, block_size={leaf.block_size} ({leaf_size(leaf)} elements), "
+            f"but this optimizer has bits={bits}, block_size={block_size}, "
+            f"min_size={min_size}. Was the state made by another quantized(...) "
+            "configuration? Initialise it with this optimizer's init."
+          )
+      elif (
+        mirror
+        and jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+        and jnp.size(leaf) >= min_size
+      ):
+        raise ValueError(
+          f"{owner}.update: the state at {jax.tree_util.keystr(path)} is a plain "
+          f"{jnp.result_type(leaf)}{list(jnp.shape(leaf))} array, but this optimizer "
+          f"keeps parameter-shaped leaves of >= min_size={min_size} elements quantized. Was "
+          "the state made by the unwrapped optimizer? Initialise it with this optimizer's init."
+        )
 
   def init_fn(params: optax.Params) -> QuantizedState:
     state = inner.init(params)
@@ -237,7 +274,9 @@ def quantized(
     params: optax.Params | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, QuantizedState]:
+    check_state_type(owner, state, QuantizedState)
     stored = state.inner_state
+    _check_layout(updates, stored)
     full = jax.tree.map(
       lambda x: decode(x) if _is_quantized(x) else x, stored, is_leaf=_is_quantized
     )

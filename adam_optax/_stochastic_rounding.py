@@ -148,7 +148,10 @@ def stochastic_rounding(seed: int) -> optax.GradientTransformation:
         return update
       exact = param.astype(jnp.float32) + update.astype(jnp.float32)
       rounded = round_stochastically(exact, param.dtype, jax.random.fold_in(key, index))
-      return (rounded.astype(jnp.float32) - param.astype(jnp.float32)).astype(update.dtype)
+      difference = (rounded.astype(jnp.float32) - param.astype(jnp.float32)).astype(update.dtype)
+      # An infinite param minus itself is NaN: there the update passes through,
+      # so apply_updates gives what it gives without this transform.
+      return jnp.where(jnp.isfinite(param), difference, update)
 
     rounded = map(leaf, range(len(flat_params)), flat_params, flat_updates)
     new_updates = params_def.unflatten(list(rounded))

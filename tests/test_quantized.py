@@ -336,3 +336,36 @@ def test_complex_moments_stay_whole_and_their_real_second_moment_is_quantized():
   updates, _ = jax.jit(optimizer.update)(grads, state, params)
   expected, _ = adam_optax.adam(1e-2).update(grads, adam_optax.adam(1e-2).init(params), params)
   np.testing.assert_allclose(updates["c"], expected["c"], rtol=1e-6)
+
+
+def test_bits_must_be_an_int():
+  with pytest.raises(ValueError, match=r"quantized\(bits=8.0\): bits must be 8 or 4"):
+    adam_optax.quantized(adam_optax.adam(1e-3), bits=8.0)
+
+
+def test_a_state_of_another_optimizer_is_named():
+  params = _params()
+  optimizer = adam_optax.quantized(adam_optax.adam(1e-3))
+  with pytest.raises(TypeError, match=r"quantized.update: expected the QuantizedState"):
+    optimizer.update(params, adam_optax.adam(1e-3).init(params), params)
+
+
+@pytest.mark.parametrize(
+  ("made_by", "message"),
+  [
+    ({"bits": 8}, r"at \[0\]\.mu\['v'\] was quantized with bits=8, block_size=256"),
+    ({"bits": 4, "block_size": 64}, r"bits=4, block_size=64 .* this optimizer has bits=4, block"),
+    ({"bits": 4, "min_size": 10}, r"at \[0\]\.mu\['b'\] was quantized .*min_size=4096"),
+    (None, r"at \[0\]\.mu\['v'\] is a plain bfloat16\[5000\] array, .* unwrapped optimizer"),
+  ],
+)
+def test_a_state_of_another_configuration_is_refused_not_continued(made_by, message):
+  params = _params()
+  inner = adam_optax.adam(1e-3)
+  other = inner if made_by is None else adam_optax.quantized(inner, **made_by)
+  state = adam_optax.QuantizedState(other.init(params)) if made_by is None else other.init(params)
+  optimizer = adam_optax.quantized(inner, bits=4)
+  with pytest.raises(ValueError, match=message):
+    optimizer.update(params, state, params)
+  with pytest.raises(ValueError, match=message):
+    jax.jit(optimizer.update)(params, state, params)

@@ -209,3 +209,15 @@ def test_update_without_params_raises():
   optimizer = adam_optax.stochastic_rounding(0)
   with pytest.raises(ValueError, match="update needs the params"):
     optimizer.update(jnp.ones(2), optimizer.init(jnp.ones(2)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_an_infinite_param_stays_what_apply_updates_makes_it(dtype):
+  params = jnp.array([jnp.inf, -jnp.inf, 1.0], dtype)
+  grads = jnp.array([1.0, 1.0, 1.0], dtype)
+  optimizer = _chain(0)
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  new = optax.apply_updates(params, updates)
+  plain, _ = optax.sgd(1e-3).update(grads, optax.sgd(1e-3).init(params), params)
+  np.testing.assert_array_equal(new[:2], optax.apply_updates(params, plain)[:2])  # inf, not NaN
+  assert np.isfinite(np.asarray(new[2], np.float32))
