@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from adam_optax import _migrate as mig
+from adam_optax._quantized import dequantized, quantize_like, quantized_layout, unquantized
 
 _SOURCES = (optax.ScaleByAdamState, optax.ScaleByAmsgradState)
 _INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
@@ -115,8 +116,13 @@ def state_from_optax(
     (Array(1, dtype=int32), Array([ 0.05, -0.3 ], dtype=float32))
   """
   owner = "state_from_optax"
+  layout = quantized_layout(optimizer, params)
+  if layout is not None:  # convert as if unquantized, then quantize as init does
+    with unquantized():
+      exact = state_from_optax(optimizer, params, optax_state)
+    return mig.placed(owner, optimizer, params, quantize_like(layout, exact), shardings)
   target = mig.inspect(owner, optimizer, params)
-  sources = _nodes(optax_state, _SOURCES)
+  sources = _nodes(dequantized(optax_state), _SOURCES)
   if len(sources) != len(target.members):
     names = [m.recipe.member for m in target.members]
     raise ValueError(

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from adam_optax import _migrate as mig
+from adam_optax._quantized import dequantized, quantize_like, quantized_layout, unquantized
 
 Indices = Any  # None, a tree of ints/strs shaped like the params, or a callable
 Axes = Any  # None, a tree of None/tuples shaped like the params, or a callable
@@ -320,7 +321,8 @@ def state_from_torch(
   ``mu_product``                checked: NAdam computes it from the count
   ============================  ==========================================
 
-  Every other leaf of the state (``skip_nonfinite``'s record, ``MultiSteps``'
+  Under :func:`quantized` the moments are quantized as ``init`` quantizes
+  them. Every other leaf of the state (``skip_nonfinite``'s record, ``MultiSteps``'
   accumulator, ...) is what ``optimizer.init(params)`` gives; injected
   hyperparameters (``optax.inject_hyperparams``) are set from torch's
   ``param_groups``. The moments are cast to the state's dtypes (an overflow,
@@ -396,6 +398,18 @@ def state_from_torch(
     (Array(1, dtype=int32), Array([ 0.05, -0.3 ], dtype=float32))
   """
   owner = "state_from_torch"
+  layout = quantized_layout(optimizer, params)
+  if layout is not None:  # convert as if unquantized, then quantize as init does
+    with unquantized():
+      exact = state_from_torch(
+        optimizer,
+        params,
+        torch_state,
+        indices=indices,
+        axes=axes,
+        check_hyperparameters=check_hyperparameters,
+      )
+    return mig.placed(owner, optimizer, params, quantize_like(layout, exact), shardings)
   target = mig.inspect(owner, optimizer, params)
   torch = _read_torch(owner, torch_state)
   ids = _leaf_ids(owner, params, indices, torch)
@@ -605,6 +619,9 @@ def state_to_torch(
   import torch
 
   owner = "state_to_torch"
+  if quantized_layout(optimizer, params) is not None:  # convert the dequantized state
+    with unquantized():
+      return state_to_torch(optimizer, dequantized(state), params, indices=indices, axes=axes)
   target = mig.inspect(owner, optimizer, params)
   leaves = mig.check_state(owner, target, state)
   for index, path in enumerate(target.paths):

@@ -326,6 +326,24 @@ def _shardings(target: Target, shardings: Any) -> list[Any]:
   return [None] * len(target.leaves)
 
 
+def placed(owner: str, optimizer: Any, params: Any, state: Any, shardings: Any) -> Any:
+  """``state`` on ``shardings``; by default where ``state_shardings`` puts it for sharded params."""
+  if shardings is None:
+    param_leaves = jax.tree.leaves(params)
+    if not param_leaves or not all(
+      isinstance(getattr(p, "sharding", None), NamedSharding) for p in param_leaves
+    ):
+      return state
+    shardings = state_shardings(optimizer, params)
+  try:
+    return jax.device_put(state, shardings)
+  except (ValueError, TypeError) as error:
+    raise ValueError(
+      f"{owner}(shardings=...): expected the shardings of optimizer.init(params), e.g. from "
+      f"adam_optax.state_shardings: {error}"
+    ) from None
+
+
 def build(target: Target, values: dict[int, Any], shardings: Any = None) -> Any:
   """``optimizer.init(params)`` with the leaves in ``values`` replaced, cast and placed.
 

@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 BITS = (4, 8)
 # The companding exponent p of each map, (bits, signed) -> p, chosen by measurement.
@@ -106,6 +107,32 @@ def _root(y: jax.Array, power: int) -> jax.Array:
   return jnp.power(y, jnp.asarray(1.0 / power, y.dtype))
 
 
+def explicit_sharding(x: Any) -> jax.sharding.NamedSharding | None:
+  """``x``'s sharding if it is split over a mesh of ``Explicit`` axes, else ``None``."""
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  types = getattr(getattr(sharding, "mesh", None), "axis_types", ())
+  if not any(t == jax.sharding.AxisType.Explicit for t in types):
+    return None
+  spec = getattr(sharding, "spec", ())
+  return sharding if any(axis is not None for axis in spec) else None
+
+
+def _replicated_if_explicit(flat: jax.Array) -> jax.Array:
+  """``flat`` gathered whole on every device if split over explicit mesh axes.
+
+  Blocks need not line up with the devices' pieces (a (64, 100) param split 8
+  ways is 800 elements a device, 3.125 blocks of 256), and an explicit mesh
+  refuses a reshape that would move elements between devices. Encoded codes
+  are then born replicated, as ``state_shardings`` places them (the caller
+  reshards them to the state's own sharding, e.g. ZeRO-1's); decoding
+  gathers ZeRO-1's pieces, one leaf at a time.
+  """
+  sharding = explicit_sharding(flat)
+  if sharding is None:
+    return flat
+  return jax.sharding.reshard(flat, jax.sharding.NamedSharding(sharding.mesh, P()))
+
+
 def encode(
   x: jax.Array, bits: int, *, signed: bool, block_size: int, power: int | None = None
 ) -> QuantizedArray:
@@ -126,6 +153,7 @@ def encode(
   size = math.prod(x.shape)
   n_blocks = max(1, -(-size // block_size))
   flat = jnp.ravel(x).astype(jnp.float32)
+  flat = _replicated_if_explicit(flat)
   flat = jnp.pad(flat, (0, n_blocks * block_size - size))
   blocks = flat.reshape(n_blocks, block_size)
   magnitude = jnp.abs(blocks)
@@ -151,7 +179,8 @@ def decode(quantized: QuantizedArray, power: int | None = None) -> jax.Array:
   """The array a :class:`QuantizedArray` stands for (the inverse of :func:`encode`)."""
   bits, signed = quantized.bits, quantized.signed
   p = POWERS[bits, signed] if power is None else power
-  codes = quantized.codes.reshape(quantized.scales.shape[0], -1)
+  scales = _replicated_if_explicit(quantized.scales)
+  codes = _replicated_if_explicit(quantized.codes).reshape(scales.shape[0], -1)
   if bits == 4:
     low, high = codes & 15, codes >> 4
     codes = jnp.stack([low, high], axis=-1).reshape(codes.shape[0], -1)
@@ -162,6 +191,6 @@ def decode(quantized: QuantizedArray, power: int | None = None) -> jax.Array:
     y = z * jax.lax.integer_pow(jnp.abs(z), p - 1)
   else:
     y = jax.lax.integer_pow((c + 1) / 2**bits, p)
-  flat = (y * quantized.scales[:, None]).reshape(-1)
+  flat = (y * scales[:, None]).reshape(-1)
   size = math.prod(quantized.array_shape)
   return flat[:size].reshape(quantized.array_shape).astype(quantized.array_dtype)

@@ -28,15 +28,17 @@ Override per leaf with ``signed``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from adam_optax._quantize import BITS, QuantizedArray, decode, encode
+from adam_optax._quantize import BITS, QuantizedArray, decode, encode, explicit_sharding
 from adam_optax._trees import check_state_type
 
 _DEFAULT_BLOCK = {8: 256, 4: 128}
@@ -56,6 +58,65 @@ class QuantizedState(NamedTuple):
 
 def _is_quantized(node: Any) -> bool:
   return isinstance(node, QuantizedArray)
+
+
+def _placed_like(new: jax.Array, old: jax.Array) -> jax.Array:
+  """``new`` on ``old``'s sharding where that is explicit, so the state keeps its type."""
+  sharding = explicit_sharding(old)
+  return new if sharding is None else jax.sharding.reshard(new, sharding)
+
+
+def dequantized(tree: Any) -> Any:
+  """``tree`` with every :class:`QuantizedArray` in it replaced by the array it stands for."""
+  return jax.tree.map(lambda x: decode(x) if _is_quantized(x) else x, tree, is_leaf=_is_quantized)
+
+
+_PLAIN: contextvars.ContextVar[bool] = contextvars.ContextVar(
+  "adam_optax_unquantized", default=False
+)
+
+
+@contextlib.contextmanager
+def unquantized() -> Iterator[None]:
+  """Within it, ``quantized(...).init`` keeps the inner state as it is (for the converters).
+
+  jax caches a trace by the function traced, which cannot see this switch:
+  within it, never hand ``optimizer.init`` itself to ``jax.jit`` or
+  ``jax.eval_shape``, only a new function that calls it.
+  """
+  token = _PLAIN.set(True)
+  try:
+    yield
+  finally:
+    _PLAIN.reset(token)
+
+
+def quantized_layout(optimizer: Any, params: optax.Params) -> Any | None:
+  """``jax.eval_shape(optimizer.init, params)`` if it holds a :class:`QuantizedArray`."""
+  if not callable(getattr(optimizer, "init", None)):
+    return None
+  # A new function each time: jax caches traces by function, and whether init
+  # quantizes depends on unquantized(), which that cache does not see.
+  layout = jax.eval_shape(lambda p: optimizer.init(p), params)
+  leaves = jax.tree.leaves(layout, is_leaf=_is_quantized)
+  return layout if any(_is_quantized(leaf) for leaf in leaves) else None
+
+
+def quantize_like(layout: Any, state: Any) -> Any:
+  """``state`` (made within :func:`unquantized`) quantized where ``layout`` is.
+
+  Each :class:`QuantizedArray` of ``layout`` stands for one leaf of ``state``,
+  which is encoded with its bits, map and block size.
+  """
+  flat, layout_def = jax.tree.flatten(layout, is_leaf=_is_quantized)
+  values = jax.tree.leaves(state)
+  leaves = [
+    encode(value, like.bits, signed=like.signed, block_size=like.block_size)
+    if _is_quantized(like)
+    else value
+    for like, value in zip(flat, values, strict=True)
+  ]
+  return jax.tree.unflatten(layout_def, leaves)
 
 
 def leaf_size(leaf: QuantizedArray) -> int:
@@ -254,6 +315,8 @@ def quantized(
 
   def init_fn(params: optax.Params) -> QuantizedState:
     state = inner.init(params)
+    if _PLAIN.get():
+      return QuantizedState(inner_state=state)
     flat, state_def = jax.tree_util.tree_flatten_with_path(state)
     shaped = param_shaped_leaves(params, state)
     probed = _probe_signed(inner, params, state_def) or [True] * len(flat)
@@ -277,10 +340,7 @@ def quantized(
     check_state_type(owner, state, QuantizedState)
     stored = state.inner_state
     _check_layout(updates, stored)
-    full = jax.tree.map(
-      lambda x: decode(x) if _is_quantized(x) else x, stored, is_leaf=_is_quantized
-    )
-    updates, new_state = inner.update(updates, full, params, **extra_args)
+    updates, new_state = inner.update(updates, dequantized(stored), params, **extra_args)
 
     def requantize(path: Any, old: Any, new: Any) -> Any:
       if not _is_quantized(old):
@@ -292,7 +352,8 @@ def quantized(
           f"{jnp.result_type(new)}{list(jnp.shape(new))} in update; a quantized leaf must "
           "keep its shape and dtype."
         )
-      return encode(new, old.bits, signed=old.signed, block_size=old.block_size)
+      fresh = encode(new, old.bits, signed=old.signed, block_size=old.block_size)
+      return jax.tree.map(_placed_like, fresh, old)
 
     stored = jax.tree_util.tree_map_with_path(requantize, stored, new_state, is_leaf=_is_quantized)
     return updates, QuantizedState(inner_state=stored)

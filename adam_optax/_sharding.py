@@ -243,7 +243,9 @@ def state_shardings(
   params_def: Any = jax.tree.structure(abstract_params)  # PyTreeDef: jaxlib ships no stub
   param_leaves = jax.tree.leaves(abstract_params)
   sharding_leaves = jax.tree.leaves(shardings)
-  abstract_state = jax.eval_shape(optimizer.init, abstract_params)
+  # A new function each call: jax caches traces by function, and the state
+  # converters trace ``init`` with quantization off (adam_optax._quantized.unquantized).
+  abstract_state = jax.eval_shape(lambda p: optimizer.init(p), abstract_params)
 
   def mirror(node: Any) -> PyTree | None:
     """The params' shardings laid over ``node`` if it mirrors the params."""

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import adam_optax
 
+QuantizedArray = adam_optax.QuantizedArray
 STOP, MORE = 6, 6
 LR, B1, B2, EPS, WD, PSI = 3e-2, 0.8, 0.99, 1e-6, 0.1, 4e-3
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
@@ -655,3 +656,94 @@ def test_nesterov_aliases_convert_as_the_nadam_they_are(alias, member):
   expected = adam_optax.state_to_torch(named, named.init(params), params)
   assert exported["param_groups"] == expected["param_groups"]
   assert "momentum_decay" in exported["param_groups"][0]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_states_convert_through_the_quantization(bits):
+  """quantized(member): the converted state is init's quantization of the exact one."""
+  torch.manual_seed(1)
+  torch_params = [torch.nn.Parameter(torch.randn(64, 80)), torch.nn.Parameter(torch.randn(16))]
+  torch_optimizer = torch.optim.AdamW(torch_params, lr=LR, betas=(B1, B2), eps=EPS, weight_decay=WD)
+  for _ in range(3):
+    for p in torch_params:
+      p.grad = torch.randn_like(p)
+    torch_optimizer.step()
+  params = [jnp.asarray(p.detach().numpy()) for p in torch_params]
+  member = adam_optax.adamw(LR, B1, B2, EPS, weight_decay=WD)
+  optimizer = adam_optax.quantized(member, bits)
+  state = adam_optax.state_from_torch(optimizer, params, torch_optimizer)
+  exact = adam_optax.state_from_torch(member, params, torch_optimizer)
+  expected = adam_optax.quantized(member, bits).init(params)  # the layout init makes
+  assert jax.tree.structure(state) == jax.tree.structure(expected)
+  moments = state.inner_state[0]
+  assert isinstance(moments.mu[0], adam_optax.QuantizedArray) and int(moments.count) == 3
+  np.testing.assert_array_equal(moments.mu[1], exact[0].mu[1])  # under min_size: exact
+  for field in ("mu", "nu"):
+    decoded = np.asarray(getattr(moments, field)[0].dequantize())
+    reference = np.asarray(getattr(exact[0], field)[0])
+    assert np.max(np.abs(decoded - reference)) <= 0.1 * np.max(np.abs(reference))
+    assert np.max(np.abs(decoded - reference)) > 0  # it was quantized
+  # Back to torch: the dequantized moments, which torch then continues from.
+  back = adam_optax.state_to_torch(optimizer, state, params)
+  np.testing.assert_array_equal(back["state"][0]["exp_avg"], moments.mu[0].dequantize())
+  assert float(back["state"][0]["step"]) == 3
+  # From optax: optax.adamw's state converts the same way.
+  old = optax.adamw(LR, B1, B2, EPS, weight_decay=WD)
+  old_state = old.init(params)
+  grads = [jnp.ones_like(p) for p in params]
+  _, old_state = old.update(grads, old_state, params)
+  from_optax = adam_optax.state_from_optax(optimizer, params, old_state)
+  assert jax.tree.structure(from_optax) == jax.tree.structure(expected)
+  np.testing.assert_allclose(from_optax.inner_state[0].mu[0].dequantize(), old_state[0].mu[0])
+  # A quantized source (optax's own adamw wrapped) is dequantized first.
+  wrapped = adam_optax.quantized(old, bits)
+  _, wrapped_state = wrapped.update(grads, wrapped.init(params), params)
+  again = adam_optax.state_from_optax(member, params, wrapped_state.inner_state)
+  np.testing.assert_array_equal(again[0].mu[0], wrapped_state.inner_state[0].mu[0].dequantize())
+  for wrapped in (  # quantized inside or outside other wrappers
+    adam_optax.quantized(adam_optax.skip_nonfinite(member), bits),
+    adam_optax.skip_nonfinite(optax.chain(optax.clip(1.0), optimizer)),
+  ):
+    converted = adam_optax.state_from_torch(wrapped, params, torch_optimizer)
+    assert jax.tree.structure(converted) == jax.tree.structure(wrapped.init(params))
+    is_moments = lambda x: isinstance(x, adam_optax.ScaleByMomentsState)  # noqa: E731
+    moments = [x for x in jax.tree.leaves(converted, is_leaf=is_moments) if is_moments(x)]
+    assert len(moments) == 1 and int(moments[0].count) == 3
+    chex_codes = [
+      leaf.codes
+      for leaf in jax.tree.leaves(converted, is_leaf=lambda x: isinstance(x, QuantizedArray))
+      if isinstance(leaf, QuantizedArray)
+    ]
+    expected_codes = [
+      leaf.codes
+      for leaf in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, QuantizedArray))
+      if isinstance(leaf, QuantizedArray)
+    ]
+    for got, want in zip(chex_codes, expected_codes, strict=True):
+      np.testing.assert_array_equal(got, want)
+    back = adam_optax.state_to_torch(wrapped, converted, params)
+    np.testing.assert_array_equal(back["state"][0]["exp_avg"], moments[0].mu[0].dequantize())
+
+
+def test_quantized_states_keep_sharded_params_placement():
+  mesh = jax.make_mesh((8,), ("data",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  torch_params = [torch.nn.Parameter(torch.randn(64, 96))]
+  torch_optimizer = torch.optim.Adam(torch_params, lr=LR)
+  torch_params[0].grad = torch.ones_like(torch_params[0])
+  torch_optimizer.step()
+  params = [jax.device_put(np.asarray(torch_params[0].detach()), sharding)]
+  optimizer = adam_optax.quantized(adam_optax.adam(LR))
+  state = adam_optax.state_from_torch(optimizer, params, torch_optimizer)
+  expected = adam_optax.state_shardings(optimizer, params)
+  assert jax.tree.map(lambda a: a.sharding, state) == expected
+  zero1 = adam_optax.state_shardings(optimizer, params, mesh, zero1_axis="data")
+  state = adam_optax.state_from_torch(optimizer, params, torch_optimizer, shardings=zero1)
+  assert jax.tree.map(lambda a: a.sharding, state) == zero1
+  # The conversions leave init and state_shardings quantizing (no stale trace of init).
+  assert adam_optax.state_shardings(optimizer, params) == expected
+  assert jax.tree.structure(jax.eval_shape(optimizer.init, params)) == jax.tree.structure(state)
+  _raises(
+    r"state_from_torch\(shardings=...\): expected the shardings of optimizer.init",
+    lambda: adam_optax.state_from_torch(optimizer, params, torch_optimizer, shardings=[sharding]),
+  )

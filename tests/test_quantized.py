@@ -369,3 +369,31 @@ def test_a_state_of_another_configuration_is_refused_not_continued(made_by, mess
     optimizer.update(params, state, params)
   with pytest.raises(ValueError, match=message):
     jax.jit(optimizer.update)(params, state, params)
+
+
+@pytest.mark.parametrize("shape", [(64, 96), (64, 100), (8, 3)])  # blocks line up, do not, tiny
+def test_params_split_over_an_explicit_mesh(shape):
+  """Sharded params: init places the state where state_shardings does; it keeps its type."""
+  mesh = jax.make_mesh((8,), ("data",))
+  assert set(mesh.axis_types) == {jax.sharding.AxisType.Explicit}  # jax.make_mesh's default
+  split = NamedSharding(mesh, P("data"))
+  values = np.linspace(-1, 1, np.prod(shape), dtype=np.float32).reshape(shape)
+  params = {"w": jax.device_put(values, split)}
+  grads = {"w": jax.device_put(np.cos(7 * values), split)}
+  optimizer = adam_optax.quantized(adam_optax.adam(1e-2), 8, min_size=16)
+  state = optimizer.init(params)
+  expected = adam_optax.state_shardings(optimizer, params)
+  placed = jax.tree.map(lambda a, s: a.sharding.is_equivalent_to(s, a.ndim), state, expected)
+  assert all(jax.tree.leaves(placed))
+  step = jax.jit(optimizer.update)
+  updates, new_state = step(grads, state, params)
+  assert [jax.typeof(x) for x in jax.tree.leaves(new_state)] == [
+    jax.typeof(x) for x in jax.tree.leaves(state)
+  ]
+  step(grads, new_state, params)
+  assert step._cache_size() == 1  # compiled once
+  local = {"w": jnp.asarray(values)}
+  reference, _ = optimizer.update(
+    {"w": jnp.asarray(np.cos(7 * values))}, optimizer.init(local), local
+  )
+  np.testing.assert_array_equal(updates["w"], reference["w"])
