@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+KERNEL := adam_optax/_adam_fused_cpu.so
 
-.PHONY: install test lint format example examples bench bench-quick clean
+.PHONY: install kernel test lint format example examples bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +15,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The install builds the fused CPU kernel (hatch_build.py); this rebuilds it
+# in place when its source changes. Without a C++ compiler it is skipped.
+$(KERNEL): csrc/adam_fused_cpu.cc hatch_build.py | $(STAMP)
+	$(BIN)/python hatch_build.py || echo "fused kernel not built: the XLA path will be used"
+
+kernel: $(KERNEL)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -24,7 +32,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+test: lint kernel
 	$(BIN)/python -m pytest adam_optax tests README.md
 
 example: $(STAMP)
@@ -33,11 +41,11 @@ example: $(STAMP)
 examples: $(STAMP)
 	for f in examples/*.py; do $(BIN)/python $$f || exit 1; done
 
-bench: $(STAMP)
+bench: $(STAMP) kernel
 	$(BIN)/python benchmarks/run.py
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) kernel
 	$(BIN)/python benchmarks/run.py --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info $(KERNEL)

@@ -18,6 +18,7 @@ from adam_optax._family import nadamw as nadamw
 from adam_optax._finite import SkipNonfiniteState as SkipNonfiniteState
 from adam_optax._finite import nonfinite_report as nonfinite_report
 from adam_optax._finite import skip_nonfinite as skip_nonfinite
+from adam_optax._fused import update_and_apply as update_and_apply
 from adam_optax._learning_rate import ScaleByLrState as ScaleByLrState
 from adam_optax._learning_rate import scale_by_lr as scale_by_lr
 from adam_optax._moments import ScaleByMomentsState as ScaleByMomentsState
@@ -57,4 +58,5 @@ __all__ = [
   "skip_nonfinite",
   "state_memory",
   "state_shardings",
+  "update_and_apply",
 ]

@@ -7,9 +7,10 @@ from typing import Any
 import optax
 
 from adam_optax._bias_correction import bias_correction
+from adam_optax._fused import Plan, fused_chain
 from adam_optax._learning_rate import scale_by_lr
-from adam_optax._moments import scale_by_moments
-from adam_optax._validation import check_decay, check_nonnegative, check_rate
+from adam_optax._moments import moment_options, scale_by_moments
+from adam_optax._validation import check_decay, check_flag, check_nonnegative, check_rate
 from adam_optax._weight_decay import add_decayed_weights
 
 
@@ -23,6 +24,7 @@ def adam(
   *,
   nesterov: bool = False,
   nu_dtype: Any = None,
+  fused: bool = False,
 ) -> optax.GradientTransformation:
   r"""Adam (Kingma & Ba, 2015), a drop-in replacement for :func:`optax.adam`.
 
@@ -50,6 +52,9 @@ def adam(
     mu_dtype: dtype of the first moment in the state (default: the params').
     nesterov: use Nesterov momentum (NAdam, Dozat 2016).
     nu_dtype: dtype of the second moment in the state (default: the params').
+    fused: run ``update`` as one call of the fused CPU kernel for the whole
+      tree (same state, same numbers; see :func:`adam_optax.update_and_apply`
+      and ``docs/performance_fused.md``).
 
   Returns:
     An :class:`optax.GradientTransformation`.
@@ -69,9 +74,8 @@ def adam(
     Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015,
     https://arxiv.org/abs/1412.6980.
   """
-  return adam_chain(
-    "adam", learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov
-  )
+  hyperparameters = learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype
+  return adam_chain("adam", *hyperparameters, nesterov=nesterov, fused=fused)
 
 
 def adam_chain(
@@ -87,14 +91,17 @@ def adam_chain(
   correct: tuple[bool, bool] = (True, True),
   weight_decay: optax.ScalarOrSchedule | None = None,
   mask: Any = None,
+  fused: bool = False,
   **moments: Any,
 ) -> optax.GradientTransformation:
   """The chain every member of the family is made of, validated in ``owner``'s name.
 
   ``scale_by_moments(**moments)``, then ``bias_correction`` of the moments
   flagged in ``correct`` (left out when neither is), then ``add_decayed_weights``
-  when ``weight_decay`` is given, then ``scale_by_lr``.
+  when ``weight_decay`` is given, then ``scale_by_lr``. With ``fused=True`` the
+  same chain, its ``update`` run by the fused CPU kernel (:mod:`._fused`).
   """
+  fused = check_flag(owner, "fused", fused)
   check_rate(owner, "learning_rate", learning_rate)
   check_decay(owner, "b1", b1)
   check_decay(owner, "b2", b2)
@@ -103,10 +110,22 @@ def adam_chain(
   if moments.get("momentum_decay") is not None:
     check_nonnegative(owner, "momentum_decay", moments["momentum_decay"])
   parts = [scale_by_moments(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, **moments)]
-  if any(correct):
-    parts.append(bias_correction(b1 if correct[0] else None, b2 if correct[1] else None))
+  correction = (b1 if correct[0] else None, b2 if correct[1] else None) if any(correct) else None
+  if correction is not None:
+    parts.append(bias_correction(*correction))
   if weight_decay is not None:
     check_rate(owner, "weight_decay", weight_decay)
     parts.append(add_decayed_weights(weight_decay, mask))
   parts.append(scale_by_lr(learning_rate))
-  return optax.chain(*parts)
+  chain = optax.chain(*parts)
+  if not fused:
+    return chain
+  plan = Plan(
+    owner=owner,
+    moments=moment_options(b1, b2, eps, eps_root, **moments),
+    correction=correction,
+    weight_decay=weight_decay,
+    mask=mask,
+    learning_rate=learning_rate,
+  )
+  return fused_chain(plan, chain)

@@ -2,6 +2,7 @@ r"""``bias_correction``: undoes the zero-initialisation bias of Adam's EMAs."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -70,13 +71,19 @@ def bias_correction(b1: Any = 0.9, b2: Any = 0.999) -> optax.GradientTransformat
   ) -> tuple[optax.Updates, BiasCorrectionState]:
     del params
     count = num.saturating_increment(state.count)
-
-    def factor(dtype: Any) -> jax.Array:
-      one = jnp.ones([], dtype)
-      bias1 = one if b1 is None else num.one_minus_power(b1, count, dtype)
-      bias2 = one if b2 is None else num.one_minus_power(b2, count, dtype)
-      return jnp.sqrt(bias2) / bias1
-
+    factor = functools.partial(correction_factor, b1, b2, count)
     return scale_tree(updates, factor), BiasCorrectionState(count=count)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def correction_factor(b1: Any, b2: Any, count: jax.Array, dtype: Any) -> jax.Array:
+  r""":math:`\sqrt{1 - \beta_2^t} / (1 - \beta_1^t)` in ``dtype`` (a ``None`` decay: factor 1).
+
+  :func:`bias_correction` and the fused kernel (:mod:`adam_optax._fused`) both
+  take the factor from here.
+  """
+  one = jnp.ones([], dtype)
+  bias1 = one if b1 is None else num.one_minus_power(b1, count, dtype)
+  bias2 = one if b2 is None else num.one_minus_power(b2, count, dtype)
+  return jnp.sqrt(bias2) / bias1

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Any, NamedTuple
 
 import jax
 import optax
@@ -53,6 +54,11 @@ def scale_by_lr(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransfor
   ) -> tuple[optax.Updates, ScaleByLrState | optax.EmptyState]:
     del params
     rate, state = step_value(learning_rate, state)
-    return scale_tree(updates, lambda dtype: -rate.astype(dtype)), state
+    return scale_tree(updates, functools.partial(descent_factor, rate)), state
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def descent_factor(rate: jax.Array, dtype: Any) -> jax.Array:
+  r""":math:`-\eta_t` in ``dtype``: what :func:`scale_by_lr` (and the fused kernel) multiply by."""
+  return -rate.astype(dtype)

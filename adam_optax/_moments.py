@@ -189,8 +189,18 @@ def scale_by_moments(
         "Nesterov momentum; pass nesterov=True with it"
       )
     check_nonnegative(owner, "momentum_decay", momentum_decay)
-  if nu_correction is None:
-    nu_correction = "none" if infinity_norm else "downstream"
+  options = moment_options(
+    b1,
+    b2,
+    eps,
+    eps_root,
+    nesterov=nesterov,
+    momentum_decay=momentum_decay,
+    amsgrad=amsgrad,
+    nu_correction=nu_correction,
+    infinity_norm=infinity_norm,
+  )
+  nu_correction = options.leaf.nu_correction
   check_choice(owner, "nu_correction", nu_correction, ("downstream", "inside", "none"))
   if infinity_norm:
     if nu_correction != "none":
@@ -216,57 +226,16 @@ def scale_by_moments(
     del params
     check_fits_state(owner, updates, state.mu)
     count = num.saturating_increment(state.count)
+    # Once per dtype, not once per leaf: built per leaf, a 4096-leaf tree traces
+    # and compiles the same scalar arithmetic 4096 times (NAdam's series too).
+    scalars = functools.cache(functools.partial(step_scalars, options, count))
 
-    @functools.cache
-    def step_scalars(dtype: np.dtype) -> _StepScalars:
-      """This step's scalars for leaves computed in ``dtype``, built once per dtype.
-
-      Built per leaf instead, a 4096-leaf tree traces and compiles the same
-      scalar arithmetic 4096 times (and NAdam's momentum series with it).
-      """
-      real = num.real_dtype(dtype)
-      keep1, mix1 = num.decay_weights(b1, dtype)
-      keep2, mix2 = num.decay_weights(b2, real)
-      bias2 = num.one_minus_power(b2, count, real)
-      scale = bias2 if nu_correction == "downstream" else jnp.ones([], real)
-      weight_mu, weight_g = keep1, mix1
-      if nesterov:
-        weights = num.nesterov_coefficients(b1, momentum_decay, count, real)
-        weight_mu, weight_g = (w.astype(dtype) for w in weights)
-      return _StepScalars(
-        keep1=keep1,
-        mix1=mix1,
-        keep2=keep2,
-        mix2=mix2,
-        bias2=bias2,
-        eps=jnp.asarray(eps, real) * jnp.sqrt(scale),
-        eps_root=jnp.asarray(eps_root, real) * scale,
-        weight_mu=weight_mu,
-        weight_g=weight_g,
-      )
-
-    def update_leaf(grad: jax.Array, mu: jax.Array, nu: jax.Array, nu_max: Any = None):
-      dtype = num.compute_dtype(grad.dtype)
-      real = num.real_dtype(dtype)
-      k = step_scalars(dtype)
-      g = grad.astype(dtype)
-      new_mu = k.keep1 * mu.astype(dtype) + k.mix1 * g
-      if infinity_norm:
-        new_nu = jnp.maximum(k.keep2 * nu.astype(real), jnp.abs(g) + jnp.asarray(eps, real))
-      else:
-        new_nu = k.keep2 * nu.astype(real) + k.mix2 * num.squared_magnitude(g)
-      second = new_nu / k.bias2 if nu_correction == "inside" else new_nu
-      kept: tuple[jax.Array, ...] = ()
-      if amsgrad:
-        second = jnp.maximum(nu_max.astype(real), second)
-        kept = (second.astype(nu_max.dtype),)
-      denominator = second if infinity_norm else jnp.sqrt(second + k.eps_root) + k.eps
-      numerator = k.weight_mu * new_mu + k.weight_g * g if nesterov else new_mu
-      ratio = numerator / denominator.astype(dtype)
-      return (ratio.astype(grad.dtype), new_mu.astype(mu.dtype), new_nu.astype(nu.dtype), *kept)
+    def leaf(grad: jax.Array, mu: jax.Array, nu: jax.Array, nu_max: Any = None):
+      k = scalars(num.compute_dtype(grad.dtype))
+      return update_leaf(options.leaf, k, grad, mu, nu, nu_max)
 
     extra = (state.nu_max,) if amsgrad else ()
-    out = jax.tree.map(update_leaf, updates, state.mu, state.nu, *extra)
+    out = jax.tree.map(leaf, updates, state.mu, state.nu, *extra)
 
     def column(index: int) -> optax.Updates:  # also right for trees with no leaves
       return jax.tree.map(lambda _, results: results[index], updates, out)
@@ -276,3 +245,102 @@ def scale_by_moments(
     return ratio, ScaleByMomentsState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+class LeafOptions(NamedTuple):
+  """Which lines of :func:`update_leaf` run (static: they never depend on traced values)."""
+
+  nesterov: bool
+  amsgrad: bool
+  nu_correction: NuCorrection
+  infinity_norm: bool
+
+
+class MomentOptions(NamedTuple):
+  """The hyperparameters (possibly traced) and options of one :func:`scale_by_moments`."""
+
+  b1: Any
+  b2: Any
+  eps: Any
+  eps_root: Any
+  momentum_decay: Any
+  leaf: LeafOptions
+
+
+def moment_options(
+  b1: Any,
+  b2: Any,
+  eps: Any,
+  eps_root: Any,
+  *,
+  nesterov: bool = False,
+  momentum_decay: Any = None,
+  amsgrad: bool = False,
+  nu_correction: NuCorrection | None = None,
+  infinity_norm: bool = False,
+) -> MomentOptions:
+  """:func:`scale_by_moments`' arguments as it resolves them (``nu_correction``'s default)."""
+  if nu_correction is None:
+    nu_correction = "none" if infinity_norm else "downstream"
+  leaf = LeafOptions(nesterov, amsgrad, nu_correction, infinity_norm)
+  return MomentOptions(b1, b2, eps, eps_root, momentum_decay, leaf)
+
+
+def step_scalars(options: MomentOptions, count: jax.Array, dtype: np.dtype) -> _StepScalars:
+  """Step ``count``'s scalars for leaves computed in ``dtype``.
+
+  The chain's leaf function and the fused kernel (:mod:`adam_optax._fused`)
+  both take their scalars from here.
+  """
+  real = num.real_dtype(dtype)
+  keep1, mix1 = num.decay_weights(options.b1, dtype)
+  keep2, mix2 = num.decay_weights(options.b2, real)
+  bias2 = num.one_minus_power(options.b2, count, real)
+  scale = bias2 if options.leaf.nu_correction == "downstream" else jnp.ones([], real)
+  weight_mu, weight_g = keep1, mix1
+  if options.leaf.nesterov:
+    weights = num.nesterov_coefficients(options.b1, options.momentum_decay, count, real)
+    weight_mu, weight_g = (w.astype(dtype) for w in weights)
+  return _StepScalars(
+    keep1=keep1,
+    mix1=mix1,
+    keep2=keep2,
+    mix2=mix2,
+    bias2=bias2,
+    eps=jnp.asarray(options.eps, real) * jnp.sqrt(scale),
+    eps_root=jnp.asarray(options.eps_root, real) * scale,
+    weight_mu=weight_mu,
+    weight_g=weight_g,
+  )
+
+
+def update_leaf(
+  options: LeafOptions,
+  k: _StepScalars,
+  grad: jax.Array,
+  mu: jax.Array,
+  nu: jax.Array,
+  nu_max: Any = None,
+) -> tuple[jax.Array, ...]:
+  """One leaf's ``(ratio, new mu, new nu[, new nu_max])``, given this step's scalars.
+
+  The fused kernel (``csrc/adam_fused_cpu.cc``) performs these operations in
+  this order; keep the two in step.
+  """
+  dtype = num.compute_dtype(grad.dtype)
+  real = num.real_dtype(dtype)
+  g = grad.astype(dtype)
+  new_mu = k.keep1 * mu.astype(dtype) + k.mix1 * g
+  if options.infinity_norm:
+    new_nu = jnp.maximum(k.keep2 * nu.astype(real), jnp.abs(g) + k.eps)
+  else:
+    new_nu = k.keep2 * nu.astype(real) + k.mix2 * num.squared_magnitude(g)
+  second = new_nu / k.bias2 if options.nu_correction == "inside" else new_nu
+  kept: tuple[jax.Array, ...] = ()
+  if options.amsgrad:
+    second = jnp.maximum(nu_max.astype(real), second)
+    kept = (second.astype(nu_max.dtype),)
+  denominator = second if options.infinity_norm else jnp.sqrt(second + k.eps_root) + k.eps
+  numerator = k.weight_mu * new_mu + k.weight_g * g if options.nesterov else new_mu
+  ratio = numerator / denominator.astype(dtype)
+  return (ratio.astype(grad.dtype), new_mu.astype(mu.dtype), new_nu.astype(nu.dtype), *kept)

@@ -35,10 +35,10 @@ def scale_tree(updates: optax.Updates, factor: Callable[[np.dtype], jax.Array]) 
   once per dtype, not once per leaf.
   """
   factor = functools.cache(factor)
+  return jax.tree.map(lambda u: scale_leaf(u, factor(real_dtype(compute_dtype(u.dtype)))), updates)
 
-  def scale_leaf(update: jax.Array) -> jax.Array:
-    dtype = compute_dtype(update.dtype)
-    scalar = factor(real_dtype(dtype)).astype(dtype)
-    return (update.astype(dtype) * scalar).astype(update.dtype)
 
-  return jax.tree.map(scale_leaf, updates)
+def scale_leaf(update: jax.Array, scalar: jax.Array) -> jax.Array:
+  """``update * scalar`` in the leaf's compute dtype, cast back to the leaf's dtype."""
+  dtype = compute_dtype(update.dtype)
+  return (update.astype(dtype) * scalar.astype(dtype)).astype(update.dtype)

@@ -116,3 +116,10 @@ def check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) ->
   if value not in choices:
     expected = ", ".join(repr(choice) for choice in choices)
     raise ValueError(f"{owner}({name}={value!r}): {name} must be one of {expected}")
+
+
+def check_flag(owner: str, name: str, value: Any) -> bool:
+  """Checks that a switch is a real bool (not 1, ``"yes"`` or an array) and returns it."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"{owner}({name}={value!r}): {name} must be True or False")
+  return bool(value)

@@ -2,6 +2,7 @@ r"""``add_decayed_weights``: decoupled weight decay (Loshchilov & Hutter, 2019).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -58,8 +59,25 @@ def add_decayed_weights(
     Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019,
     https://arxiv.org/abs/1711.05101.
   """
+  check_rate("add_decayed_weights", "weight_decay", weight_decay)
+
+  def decay_tree(updates: optax.Updates, params: optax.Params, rate: jax.Array) -> optax.Updates:
+    return jax.tree.map(functools.partial(decay_leaf, rate), updates, params)
+
+  return decay_transform(weight_decay, mask, decay_tree)
+
+
+def decay_transform(
+  weight_decay: optax.ScalarOrSchedule,
+  mask: Any,
+  apply: Callable[[optax.Updates, optax.Params, jax.Array], optax.Updates],
+) -> optax.GradientTransformation:
+  """:func:`add_decayed_weights`' state, schedule and mask around ``apply(updates, params, rate)``.
+
+  The fused kernel (:mod:`adam_optax._fused`) runs it with an ``apply`` that
+  only records which leaves are decayed and at what rate.
+  """
   owner = "add_decayed_weights"
-  check_rate(owner, "weight_decay", weight_decay)
 
   def init_fn(params: optax.Params) -> AddDecayedWeightsState | optax.EmptyState:
     del params
@@ -73,13 +91,14 @@ def add_decayed_weights(
     if params is None:
       raise ValueError(f"{owner}: update needs the params (update(grads, state, params)).")
     rate, state = step_value(weight_decay, state)
-
-    def decay_leaf(update: jax.Array, param: jax.Array) -> jax.Array:
-      dtype = num.compute_dtype(update.dtype)
-      decay = rate.astype(num.real_dtype(dtype)).astype(dtype)
-      return (update.astype(dtype) + decay * param.astype(dtype)).astype(update.dtype)
-
-    return jax.tree.map(decay_leaf, updates, params), state
+    return apply(updates, params, rate), state
 
   transform = optax.GradientTransformation(init_fn, update_fn)
   return transform if mask is None else optax.masked(transform, mask)
+
+
+def decay_leaf(rate: jax.Array, update: jax.Array, param: jax.Array) -> jax.Array:
+  """``update + rate * param`` in the leaf's compute dtype (the fused kernel's too)."""
+  dtype = num.compute_dtype(update.dtype)
+  decay = rate.astype(num.real_dtype(dtype)).astype(dtype)
+  return (update.astype(dtype) + decay * param.astype(dtype)).astype(update.dtype)
