@@ -235,8 +235,8 @@ def _kernel_dtype(operands: Sequence[Any], apply: bool) -> np.dtype | None:
   """The compute dtype the kernel would use for this leaf, or ``None`` if it cannot take it."""
   grad, param = operands[0], operands[-1]
   present = [x for x in operands if x is not None]
-  if not all(isinstance(x, jax.Array) for x in present) or jnp.size(grad) == 0:
-    return None
+  if not all(isinstance(x, jax.Array) for x in present) or jnp.size(grad) <= 1:
+    return None  # XLA computes one-element leaves with scalar code, rounded otherwise
   if any(jnp.shape(x) != jnp.shape(grad) for x in present):
     return None
   dtypes = [np.dtype(x.dtype) for x in present]

@@ -55,6 +55,7 @@ _SYMBOLS = {
 NESTEROV, AMSGRAD, INSIDE, INFINITY, APPLY, HAS_PARAMS = (1 << i for i in range(6))
 DECAY = 1
 
+
 @functools.cache
 def load_error() -> str | None:
   """Loads and registers the kernel once; ``None`` on success, else why not.
@@ -203,22 +204,22 @@ def _leaf_shardings(call: Call, operand_shapes: Sequence[Any]) -> list[Any]:
 def _on_cpu(call: Call, scalars: jax.Array, operands: Sequence[jax.Array]) -> list[jax.Array]:
   """The kernel, per device when the operands are sharded."""
 
-  def kernel(scalars: jax.Array, *operands: jax.Array) -> list[jax.Array]:
-    return _ffi(call, scalars, *operands)
+  def kernel(scalars: jax.Array, *operands: jax.Array) -> tuple[jax.Array, ...]:
+    return tuple(_ffi(call, scalars, *operands))
 
   def partition(mesh: Any, arg_shapes: Any, result_shape: Any):
     del result_shape
     leaves = _leaf_shardings(call, arg_shapes[1:])
-    per_leaf_in = call.inputs_per_leaf
-    arg_shardings = [arg_shapes[0].sharding]
-    arg_shardings += [s for s in leaves for _ in range(per_leaf_in)]
-    result_shardings = [s for s in leaves for _ in range(call.outputs_per_leaf)]
-    return mesh, kernel, result_shardings, arg_shardings
+    arg_shardings = (
+      arg_shapes[0].sharding,
+      *(s for s in leaves for _ in range(call.inputs_per_leaf)),
+    )
+    return mesh, kernel, infer(mesh, arg_shapes, None), arg_shardings
 
-  def infer(mesh: Any, arg_shapes: Any, result_shape: Any) -> list[Any]:
+  def infer(mesh: Any, arg_shapes: Any, result_shape: Any) -> tuple[Any, ...]:
     del mesh, result_shape
     leaves = _leaf_shardings(call, arg_shapes[1:])
-    return [s for s in leaves for _ in range(call.outputs_per_leaf)]
+    return tuple(s for s in leaves for _ in range(call.outputs_per_leaf))
 
   function = custom_partitioning(kernel)
   function.def_partition(
