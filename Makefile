@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KERNEL := adam_optax/_adam_fused_cpu.so
 
-.PHONY: install kernel test lint format example examples bench bench-quick clean
+.PHONY: install kernel test lint format example examples bench bench-quick bench-half clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 test: lint kernel
-	$(BIN)/python -m pytest adam_optax tests README.md
+	$(BIN)/python -m pytest adam_optax tests README.md docs
 
 example: $(STAMP)
 	$(BIN)/python examples/regression.py
@@ -46,6 +46,9 @@ bench: $(STAMP) kernel
 
 bench-quick: $(STAMP) kernel
 	$(BIN)/python benchmarks/run.py --quick
+
+bench-half: $(STAMP)
+	$(BIN)/python benchmarks/half_precision.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info $(KERNEL)

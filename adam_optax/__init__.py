@@ -10,6 +10,7 @@ from adam_optax._bias_correction import BiasCorrectionState as BiasCorrectionSta
 from adam_optax._bias_correction import bias_correction as bias_correction
 from adam_optax._buckets import BucketLayout as BucketLayout
 from adam_optax._buckets import bucket as bucket
+from adam_optax._checkpoint import restore_target as restore_target
 from adam_optax._family import adamax as adamax
 from adam_optax._family import adamw as adamw
 from adam_optax._family import amsgrad as amsgrad
@@ -18,6 +19,9 @@ from adam_optax._family import nadamw as nadamw
 from adam_optax._finite import SkipNonfiniteState as SkipNonfiniteState
 from adam_optax._finite import nonfinite_report as nonfinite_report
 from adam_optax._finite import skip_nonfinite as skip_nonfinite
+from adam_optax._from_optax import state_from_optax as state_from_optax
+from adam_optax._from_torch import state_from_torch as state_from_torch
+from adam_optax._from_torch import state_to_torch as state_to_torch
 from adam_optax._fused import update_and_apply as update_and_apply
 from adam_optax._learning_rate import ScaleByLrState as ScaleByLrState
 from adam_optax._learning_rate import scale_by_lr as scale_by_lr
@@ -52,11 +56,15 @@ __all__ = [
   "nadam",
   "nadamw",
   "nonfinite_report",
+  "restore_target",
   "scale_by_lr",
   "scale_by_moments",
   "sharded_train_step",
   "skip_nonfinite",
+  "state_from_optax",
+  "state_from_torch",
   "state_memory",
   "state_shardings",
+  "state_to_torch",
   "update_and_apply",
 ]

@@ -10,8 +10,15 @@ from adam_optax._bias_correction import bias_correction
 from adam_optax._fused import Plan, fused_chain
 from adam_optax._learning_rate import scale_by_lr
 from adam_optax._moments import moment_options, scale_by_moments
-from adam_optax._validation import check_decay, check_flag, check_nonnegative, check_rate
-from adam_optax._weight_decay import add_decayed_weights
+from adam_optax._recipes import Recipe, recorded
+from adam_optax._validation import (
+  check_decay,
+  check_flag,
+  check_float_dtype,
+  check_nonnegative,
+  check_rate,
+)
+from adam_optax._weight_decay import decayed_weights
 
 
 def adam(
@@ -78,6 +85,9 @@ def adam(
   return adam_chain("adam", *hyperparameters, nesterov=nesterov, fused=fused)
 
 
+_NO_WEIGHT_DECAY: Any = object()  # adam_chain's default: no add_decayed_weights at all
+
+
 def adam_chain(
   owner: str,
   learning_rate: optax.ScalarOrSchedule,
@@ -89,7 +99,7 @@ def adam_chain(
   nu_dtype: Any,
   *,
   correct: tuple[bool, bool] = (True, True),
-  weight_decay: optax.ScalarOrSchedule | None = None,
+  weight_decay: optax.ScalarOrSchedule = _NO_WEIGHT_DECAY,
   mask: Any = None,
   fused: bool = False,
   **moments: Any,
@@ -98,34 +108,61 @@ def adam_chain(
 
   ``scale_by_moments(**moments)``, then ``bias_correction`` of the moments
   flagged in ``correct`` (left out when neither is), then ``add_decayed_weights``
-  when ``weight_decay`` is given, then ``scale_by_lr``. With ``fused=True`` the
-  same chain, its ``update`` run by the fused CPU kernel (:mod:`._fused`).
+  when ``weight_decay`` is given (``None`` is an error, as in ``optax.adamw``),
+  then ``scale_by_lr``. With ``fused=True`` the same chain, its ``update`` run
+  by the fused CPU kernel (:mod:`adam_optax._fused`).
   """
   fused = check_flag(owner, "fused", fused)
-  check_rate(owner, "learning_rate", learning_rate)
-  check_decay(owner, "b1", b1)
-  check_decay(owner, "b2", b2)
-  check_nonnegative(owner, "eps", eps)
-  check_nonnegative(owner, "eps_root", eps_root)
+  learning_rate = check_rate(owner, "learning_rate", learning_rate)
+  b1 = check_decay(owner, "b1", b1)
+  b2 = check_decay(owner, "b2", b2)
+  eps = check_nonnegative(owner, "eps", eps)
+  eps_root = check_nonnegative(owner, "eps_root", eps_root)
+  mu_dtype = check_float_dtype(owner, "mu_dtype", mu_dtype)
+  nu_dtype = check_float_dtype(owner, "nu_dtype", nu_dtype)
+  for flag in ("nesterov", "amsgrad", "infinity_norm"):
+    if flag in moments:
+      moments[flag] = check_flag(owner, flag, moments[flag])
   if moments.get("momentum_decay") is not None:
-    check_nonnegative(owner, "momentum_decay", moments["momentum_decay"])
+    moments["momentum_decay"] = check_nonnegative(
+      owner, "momentum_decay", moments["momentum_decay"]
+    )
   parts = [scale_by_moments(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, **moments)]
   correction = (b1 if correct[0] else None, b2 if correct[1] else None) if any(correct) else None
   if correction is not None:
     parts.append(bias_correction(*correction))
-  if weight_decay is not None:
-    check_rate(owner, "weight_decay", weight_decay)
-    parts.append(add_decayed_weights(weight_decay, mask))
+  decays = weight_decay is not _NO_WEIGHT_DECAY
+  if decays:
+    parts.append(decayed_weights(owner, weight_decay, mask))
   parts.append(scale_by_lr(learning_rate))
-  chain = optax.chain(*parts)
-  if not fused:
-    return chain
-  plan = Plan(
-    owner=owner,
-    moments=moment_options(b1, b2, eps, eps_root, **moments),
-    correction=correction,
-    weight_decay=weight_decay,
-    mask=mask,
-    learning_rate=learning_rate,
+  convention = {"downstream": "torch", "inside": "optax", "none": "paper"}.get(
+    moments.get("nu_correction") or "downstream"
   )
-  return fused_chain(plan, chain)
+  member = owner
+  if moments.get("nesterov"):  # adam(nesterov=True) is NAdam, adamw(nesterov=True) NAdamW
+    member = {"adam": "nadam", "adamw": "nadamw"}.get(owner, owner)
+  recipe = Recipe(
+    member,
+    learning_rate,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    weight_decay=weight_decay if decays else None,
+    momentum_decay=moments.get("momentum_decay"),
+    convention=convention if moments.get("amsgrad") else None,
+  )
+  chain = optax.chain(*parts)
+  if fused:
+    plan = Plan(
+      owner=owner,
+      moments=moment_options(
+        b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, **moments
+      ),
+      correction=correction,
+      weight_decay=weight_decay if decays else None,
+      mask=mask,
+      learning_rate=learning_rate,
+    )
+    chain = fused_chain(plan, chain)
+  return recorded(recipe, chain)

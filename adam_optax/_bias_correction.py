@@ -11,7 +11,10 @@ import optax
 
 from adam_optax import _numerics as num
 from adam_optax._scaling import scale_tree
-from adam_optax._validation import check_decay
+from adam_optax._trees import check_state_type, colocate
+from adam_optax._validation import check_decay, check_in_dtype
+
+_OWNER = "bias_correction"
 
 
 class BiasCorrectionState(NamedTuple):
@@ -57,24 +60,28 @@ def bias_correction(b1: Any = 0.9, b2: Any = 0.999) -> optax.GradientTransformat
     Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015,
     https://arxiv.org/abs/1412.6980, Section 3.
   """
-  owner = "bias_correction"
-  for name, decay in (("b1", b1), ("b2", b2)):
-    if decay is not None:
-      check_decay(owner, name, decay)
+  owner = _OWNER
+  b1 = None if b1 is None else check_decay(owner, "b1", b1)
+  b2 = None if b2 is None else check_decay(owner, "b2", b2)
 
   def init_fn(params: optax.Params) -> BiasCorrectionState:
-    del params
-    return BiasCorrectionState(count=num.zero_count())
+    return colocate(BiasCorrectionState(count=num.zero_count()), params)
 
   def update_fn(
     updates: optax.Updates, state: BiasCorrectionState, params: optax.Params | None = None
   ) -> tuple[optax.Updates, BiasCorrectionState]:
     del params
-    count = num.saturating_increment(state.count)
+    count = next_count(state)
     factor = functools.partial(correction_factor, b1, b2, count)
-    return scale_tree(updates, factor), BiasCorrectionState(count=count)
+    return scale_tree(owner, updates, factor), BiasCorrectionState(count=count)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def next_count(state: Any) -> jax.Array:
+  """The checked state's next step count (the fused kernel's update takes it from here too)."""
+  check_state_type(_OWNER, state, BiasCorrectionState)
+  return num.saturating_increment(state.count)
 
 
 def correction_factor(b1: Any, b2: Any, count: jax.Array, dtype: Any) -> jax.Array:
@@ -83,7 +90,11 @@ def correction_factor(b1: Any, b2: Any, count: jax.Array, dtype: Any) -> jax.Arr
   :func:`bias_correction` and the fused kernel (:mod:`adam_optax._fused`) both
   take the factor from here.
   """
-  one = jnp.ones([], dtype)
-  bias1 = one if b1 is None else num.one_minus_power(b1, count, dtype)
-  bias2 = one if b2 is None else num.one_minus_power(b2, count, dtype)
-  return jnp.sqrt(bias2) / bias1
+
+  def bias(decay: Any, name: str) -> jax.Array:
+    if decay is None:
+      return jnp.ones([], dtype)
+    check_in_dtype(_OWNER, name, decay, dtype, decay=True)
+    return num.one_minus_power(decay, count, dtype)
+
+  return jnp.sqrt(bias(b2, "b2")) / bias(b1, "b1")

@@ -10,13 +10,21 @@ say which leaf went non-finite.)
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from adam_optax import _numerics as num
+from adam_optax._trees import check_state_type, colocate, where
+from adam_optax._validation import check_choice
+
+Check = Literal["gradients", "updates", "all"]
+
+# What a step's check looks at, in the order a report names the first bad one.
+_SOURCES = ("gradients", "updates", "state")
+_SOURCES_CHECKED: dict[str, int] = {"gradients": 1, "updates": 2, "all": 3}
 
 
 class SkipNonfiniteState(NamedTuple):
@@ -25,32 +33,62 @@ class SkipNonfiniteState(NamedTuple):
   Attributes:
     inner_state: the wrapped optimizer's state, unchanged by skipped steps.
     skipped: number of steps skipped so far (int32, saturating).
-    last_bad_leaf: in the last skipped step, the index of the first gradient
-      leaf (in ``jax.tree.leaves`` order) with a NaN or inf; -1 before any.
-    last_bad_leaves: how many gradient leaves were non-finite in that step.
+    last_bad_leaf: in the last skipped step, the index of the first non-finite
+      leaf among the floating leaves (in ``jax.tree.leaves`` order) of the
+      tree named by ``last_bad_source``; -1 before any.
+    last_bad_leaves: how many of that tree's leaves were non-finite then.
+    last_bad_source: which tree went non-finite first in the last skipped
+      step: 0 the gradients, 1 the updates the inner optimizer returned, 2 its
+      new state; -1 before any.
   """
 
   inner_state: optax.OptState
   skipped: jax.Array
   last_bad_leaf: jax.Array
   last_bad_leaves: jax.Array
+  last_bad_source: jax.Array
 
 
-def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-  r"""Wraps ``inner`` so that a step with a non-finite gradient is skipped and recorded.
+def _floating_leaves(tree: Any) -> list[Any]:
+  return [
+    leaf for leaf in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+  ]
+
+
+def _nonfinite_flags(tree: Any) -> jax.Array:
+  """One bool per floating leaf of ``tree``: whether it holds a NaN or an inf."""
+  flags = [jnp.logical_not(jnp.all(jnp.isfinite(leaf))) for leaf in _floating_leaves(tree)]
+  return jnp.stack(flags) if flags else jnp.zeros([0], bool)
+
+
+def skip_nonfinite(
+  inner: optax.GradientTransformation, *, check: Check = "all"
+) -> optax.GradientTransformationExtraArgs:
+  r"""Wraps ``inner`` so that a step that would go non-finite is skipped and recorded.
 
   .. math::
 
     (u_t, s_t) = \begin{cases}
-      \text{inner.update}(g_t, s_{t-1}) & \text{if every } g_t \text{ entry is finite,} \\
+      \text{inner.update}(g_t, s_{t-1}) & \text{if it is finite,} \\
       (0,\ s_{t-1}) & \text{otherwise.}
     \end{cases}
 
-  The check is one reduction per leaf inside the jitted step; nothing leaves
-  the device. Read ``state.skipped`` (or :func:`nonfinite_report`) to find out.
+  "Finite" covers, by ``check``, the incoming gradients (a NaN or inf
+  gradient poisons Adam's moments for good), the updates the inner optimizer
+  returns (a schedule or an injected hyperparameter gone NaN), and its new
+  state: a finite gradient can still overflow the second moment (:math:`g^2`
+  exceeds float32's range for :math:`|g|` above ~1.8e19, after which the
+  param would stay frozen). The checks are reductions inside the jitted step;
+  nothing leaves the device. Read ``state.skipped`` (or
+  :func:`nonfinite_report`) to find out.
 
   Args:
     inner: the optimizer to protect, e.g. :func:`adam_optax.adam`.
+    check: ``"all"`` (default): gradients, updates and the new inner state;
+      ``"updates"``: gradients and updates; ``"gradients"``: the gradients
+      only, as ``optax.apply_if_finite`` does. Each wider check reads more
+      memory per step (the new state is two param-sized arrays for Adam); see
+      the benchmarks for the cost.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with state
@@ -58,6 +96,7 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
 
   Raises:
     TypeError: ``inner`` is not an :class:`optax.GradientTransformation`.
+    ValueError: ``check`` is not one of the three choices.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -70,20 +109,25 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
     >>> print(adam_optax.nonfinite_report(state, grads))
     1 step skipped for NaN/inf gradients; in the last, 1 of 2 leaves, the first at ['w']
   """
+  owner = "skip_nonfinite"
   if not isinstance(inner, optax.GradientTransformation):
     raise TypeError(
-      f"skip_nonfinite(inner=...): expected an optax.GradientTransformation, "
-      f"got {type(inner).__name__}"
+      f"{owner}(inner=...): expected an optax.GradientTransformation, got {type(inner).__name__}"
     )
+  check_choice(owner, "check", check, tuple(_SOURCES_CHECKED))
+  checked = _SOURCES_CHECKED[check]
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params: optax.Params) -> SkipNonfiniteState:
-    return SkipNonfiniteState(
+    none = jnp.full([], -1, jnp.int32)
+    state = SkipNonfiniteState(
       inner_state=inner.init(params),
       skipped=num.zero_count(),
-      last_bad_leaf=jnp.full([], -1, jnp.int32),
+      last_bad_leaf=none,
       last_bad_leaves=num.zero_count(),
+      last_bad_source=none,
     )
+    return colocate(state, params)
 
   def update_fn(
     updates: optax.Updates,
@@ -91,21 +135,27 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
     params: optax.Params | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, SkipNonfiniteState]:
-    finite = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(updates)]
-    bad = jnp.logical_not(jnp.stack(finite)) if finite else jnp.zeros([0], bool)
-    ok = jnp.logical_not(jnp.any(bad))
+    check_state_type(owner, state, SkipNonfiniteState)
     new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)
+    flags = [_nonfinite_flags(tree) for tree in (updates, new_updates, new_inner)[:checked]]
+    bad = jnp.stack([jnp.any(f) for f in flags])
+    ok = jnp.logical_not(jnp.any(bad))
+    source = jnp.argmax(bad).astype(jnp.int32)
+    firsts = jnp.stack(
+      [jnp.argmax(f).astype(jnp.int32) if f.size else jnp.zeros([], jnp.int32) for f in flags]
+    )
+    counts = jnp.stack([jnp.sum(f, dtype=jnp.int32) for f in flags])
 
     def keep(new: Any, old: Any) -> Any:
       return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
     new_updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_updates)
-    first_bad = jnp.argmax(bad).astype(jnp.int32) if finite else jnp.full([], -1, jnp.int32)
     return new_updates, SkipNonfiniteState(
       inner_state=keep(new_inner, state.inner_state),
       skipped=jnp.where(ok, state.skipped, num.saturating_increment(state.skipped)),
-      last_bad_leaf=jnp.where(ok, state.last_bad_leaf, first_bad),
-      last_bad_leaves=jnp.where(ok, state.last_bad_leaves, jnp.sum(bad, dtype=jnp.int32)),
+      last_bad_leaf=jnp.where(ok, state.last_bad_leaf, firsts[source]),
+      last_bad_leaves=jnp.where(ok, state.last_bad_leaves, counts[source]),
+      last_bad_source=jnp.where(ok, state.last_bad_source, source),
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -126,14 +176,23 @@ def nonfinite_report(state: SkipNonfiniteState, grads_like: optax.Updates) -> st
   """
   skipped = int(state.skipped)
   if skipped == 0:
-    return "no step skipped: every gradient was finite"
+    return "no step skipped: nothing went NaN/inf"
+  source = _SOURCES[int(state.last_bad_source)]
+  tree = state.inner_state if source == "state" else grads_like
   paths = [
-    jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(grads_like)[0]
+    where(path)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
   ]
   index = int(state.last_bad_leaf)
-  where = paths[index] if 0 <= index < len(paths) else f"leaf {index}"
+  first = paths[index] if 0 <= index < len(paths) else f"leaf {index}"
   steps = "1 step" if skipped == 1 else f"{skipped} steps"
+  what = {
+    "gradients": "NaN/inf gradients",
+    "updates": "NaN/inf updates (the gradients were finite)",
+    "state": "a NaN/inf optimizer state (the gradients were finite)",
+  }[source]
   return (
-    f"{steps} skipped for NaN/inf gradients; in the last, "
-    f"{int(state.last_bad_leaves)} of {len(paths)} leaves, the first at {where}"
+    f"{steps} skipped for {what}; in the last, "
+    f"{int(state.last_bad_leaves)} of {len(paths)} leaves, the first at {first}"
   )

@@ -31,11 +31,17 @@ import optax
 
 from adam_optax import _kernel
 from adam_optax import _numerics as num
-from adam_optax._bias_correction import BiasCorrectionState, correction_factor
+from adam_optax._bias_correction import BiasCorrectionState, correction_factor, next_count
 from adam_optax._learning_rate import descent_factor
-from adam_optax._moments import LeafOptions, MomentOptions, _StepScalars, step_scalars, update_leaf
+from adam_optax._moments import (
+  LeafOptions,
+  MomentOptions,
+  _StepScalars,
+  check_update,
+  step_scalars,
+  update_leaf,
+)
 from adam_optax._scaling import scale_leaf, step_value
-from adam_optax._trees import check_fits_state
 from adam_optax._weight_decay import decay_leaf, decay_transform
 
 _KERNEL_DTYPES = {np.dtype(t) for t in (jnp.float32, jnp.float64, jnp.bfloat16, jnp.float16)}
@@ -81,7 +87,7 @@ def fused_chain(plan: Plan, chain: optax.GradientTransformation) -> optax.Gradie
       stacklevel=3,
     )
     return chain
-  return optax.GradientTransformation(chain.init, FusedUpdate(plan))
+  return optax.GradientTransformation(chain.init, FusedUpdate(plan, chain))
 
 
 def update_and_apply(
@@ -137,8 +143,10 @@ def update_and_apply(
 class FusedUpdate:
   """The ``update`` of a fused optimizer (a callable, so that it can be recognised)."""
 
-  def __init__(self, plan: Plan):
+  def __init__(self, plan: Plan, chain: optax.GradientTransformation):
     self.plan = plan
+    self.chain = chain
+    self.parts = 2 + (plan.correction is not None) + (plan.weight_decay is not None)
 
   def __call__(
     self, updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
@@ -150,13 +158,15 @@ class FusedUpdate:
   ) -> tuple[Any, optax.OptState]:
     """The chain's update (``apply=False``) or update and ``apply_updates`` (``True``)."""
     plan = self.plan
+    if not isinstance(state, tuple) or len(state) != self.parts:
+      return self.chain.update(grads, state, params)  # raises optax.chain's own error
     moments, *rest = state
-    check_fits_state("scale_by_moments", grads, moments.mu)
+    check_update(plan.moments, moments, grads, params)
     count = num.saturating_increment(moments.count)
     new_states: list[Any] = []
     factor: Any = _ones
     if plan.correction is not None:
-      correction_count = num.saturating_increment(rest.pop(0).count)
+      correction_count = next_count(rest.pop(0))
       factor = functools.partial(correction_factor, *plan.correction, correction_count)
       new_states.append(BiasCorrectionState(count=correction_count))
     decayed = [False] * len(jax.tree.leaves(grads))
@@ -164,7 +174,9 @@ class FusedUpdate:
     if plan.weight_decay is not None:
       decayed, rate, decay_state = _decay_step(plan, grads, rest.pop(0), params)
       new_states.append(decay_state)
-    learning_rate, lr_state = step_value(plan.learning_rate, rest.pop(0))
+    learning_rate, lr_state = step_value(
+      "scale_by_lr", "learning_rate", plan.learning_rate, rest.pop(0)
+    )
     new_states.append(lr_state)
     if apply and params is None:
       raise ValueError(f"{plan.owner}: update_and_apply needs the params.")
@@ -205,9 +217,8 @@ def _decay_step(
     recorded.append(rate)
     return jax.tree.map(lambda _: _DECAYED, updates)
 
-  marked, new_state = decay_transform(plan.weight_decay, plan.mask, record).update(
-    grads, state, params
-  )
+  transform = decay_transform(plan.owner, plan.weight_decay, plan.mask, record)
+  marked, new_state = transform.update(grads, state, params)
   return [leaf is _DECAYED for leaf in jax.tree.leaves(marked)], recorded[0], new_state
 
 
@@ -328,7 +339,7 @@ def _chain_leaf(
   """One leaf through the chain's own leaf functions: what the kernel computes."""
   if grad is None:
     return None, None, None, None
-  ratio, new_mu, new_nu, *kept = update_leaf(options, k, grad, mu, nu, nu_max)
+  ratio, new_mu, new_nu, *kept = update_leaf(options, lambda _: k, grad, mu, nu, nu_max)
   update = scale_leaf(ratio, factor)
   if decay:
     update = decay_leaf(rate, update, param)

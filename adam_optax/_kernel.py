@@ -41,7 +41,7 @@ from jax.experimental.custom_partitioning import (
 # Library file name (the build writes it next to this module) and ABI version:
 # both must match csrc/adam_fused_cpu.cc.
 LIBRARY = "_adam_fused_cpu.so"
-ABI_VERSION = 1
+ABI_VERSION = 2
 TARGETS = {
   np.dtype(np.float32): "adam_optax_fused_f32",
   np.dtype(np.float64): "adam_optax_fused_f64",

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
+from adam_optax._numerics import scalar
 from adam_optax._scaling import scale_tree, schedule_state, step_value
 from adam_optax._validation import check_rate
 
@@ -41,11 +42,11 @@ def scale_by_lr(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransfor
     :class:`optax.EmptyState` for a constant rate and :class:`ScaleByLrState`
     for a schedule.
   """
-  check_rate("scale_by_lr", "learning_rate", learning_rate)
+  owner = "scale_by_lr"
+  learning_rate = check_rate(owner, "learning_rate", learning_rate)
 
   def init_fn(params: optax.Params) -> ScaleByLrState | optax.EmptyState:
-    del params
-    return schedule_state(learning_rate, ScaleByLrState)
+    return schedule_state(learning_rate, ScaleByLrState, params)
 
   def update_fn(
     updates: optax.Updates,
@@ -53,12 +54,12 @@ def scale_by_lr(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransfor
     params: optax.Params | None = None,
   ) -> tuple[optax.Updates, ScaleByLrState | optax.EmptyState]:
     del params
-    rate, state = step_value(learning_rate, state)
-    return scale_tree(updates, functools.partial(descent_factor, rate)), state
+    rate, state = step_value(owner, "learning_rate", learning_rate, state)
+    return scale_tree(owner, updates, functools.partial(descent_factor, rate)), state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
 def descent_factor(rate: jax.Array, dtype: Any) -> jax.Array:
   r""":math:`-\eta_t` in ``dtype``: what :func:`scale_by_lr` (and the fused kernel) multiply by."""
-  return -rate.astype(dtype)
+  return -scalar(rate, dtype)

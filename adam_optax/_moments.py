@@ -8,6 +8,7 @@ AMSGrad (``amsgrad`` with the three ``nu_correction`` conventions) and AdaMax
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -16,16 +17,25 @@ import numpy as np
 import optax
 
 from adam_optax import _numerics as num
-from adam_optax._trees import check_fits_state
+from adam_optax._trees import (
+  check_fits_state,
+  check_inexact_leaves,
+  check_state_type,
+  colocate,
+  where,
+)
 from adam_optax._validation import (
   check_choice,
   check_decay,
+  check_flag,
   check_float_dtype,
+  check_in_dtype,
   check_nonnegative,
   check_zero,
 )
 
 NuCorrection = Literal["downstream", "inside", "none"]
+_OWNER = "scale_by_moments"
 
 
 class ScaleByMomentsState(NamedTuple):
@@ -141,7 +151,10 @@ def scale_by_moments(
   ``bias_correction(b1, None)``.
 
   Half-precision leaves are computed in float32 and stored back in their own
-  dtype, so an all-zero float16 gradient gives a zero update, not ``0/0``.
+  dtype, so an all-zero float16 gradient gives a zero update, not ``0/0``; their
+  second moment is kept in float32 unless ``nu_dtype`` says otherwise (see
+  below). With ``eps = 0`` an entry whose second moment is 0 (no gradient yet,
+  or one so small that its square underflows) gets a zero step, not ``0/0``.
 
   Args:
     b1: decay of the first-moment EMA, in ``[0, 1)``.
@@ -151,10 +164,17 @@ def scale_by_moments(
       differentiate through the update (the root's derivative at 0 is infinite).
     mu_dtype: precision of ``mu`` in the state (complex for complex params);
       ``None`` keeps each param's dtype.
-    nu_dtype: precision of ``nu`` (and ``nu_max``) in the state (always real); ``None`` keeps
-      each param's precision. ``jnp.float32`` with bfloat16 params stops the
-      second moment from stalling: bfloat16's 8-bit mantissa cannot hold an
-      increment of ``(1 - b2) g^2`` once ``v`` is a few hundred times larger.
+    nu_dtype: precision of ``nu`` (and ``nu_max``) in the state (always real).
+      ``None`` keeps each param's precision, except for half-precision params
+      (float16, bfloat16), whose second moment is kept in float32: in float16
+      :math:`(1 - \beta_2) g^2` underflows for :math:`|g|` below ~1e-3 (each
+      step then grows towards :math:`\eta / \sqrt{1 - \beta_2}`) and
+      :math:`g^2` overflows above 256 (the param freezes); in bfloat16 the
+      8-bit mantissa cannot hold an increment of :math:`(1 - \beta_2) g^2`
+      once :math:`v` is a few hundred times larger, so :math:`v` stalls. That
+      costs 2 bytes per parameter more than ``optax.adam``; pass
+      ``nu_dtype=jnp.bfloat16`` (or ``jnp.float16``) to store it in half
+      precision anyway.
     nesterov: use Nesterov momentum (Dozat, 2016) in the numerator.
     momentum_decay: with ``nesterov``, ``None`` for optax's NAdam or
       :math:`\psi \ge 0` for torch's momentum schedule (torch's default is
@@ -175,25 +195,30 @@ def scale_by_moments(
     Reddi, Kale & Kumar, *On the Convergence of Adam and Beyond*, ICLR 2018,
     https://arxiv.org/abs/1904.09237.
   """
-  owner = "scale_by_moments"
-  check_decay(owner, "b1", b1)
-  check_decay(owner, "b2", b2)
-  check_nonnegative(owner, "eps", eps)
-  check_nonnegative(owner, "eps_root", eps_root)
+  owner = _OWNER
+  b1 = check_decay(owner, "b1", b1)
+  b2 = check_decay(owner, "b2", b2)
+  eps = check_nonnegative(owner, "eps", eps)
+  eps_root = check_nonnegative(owner, "eps_root", eps_root)
   mu_dtype = check_float_dtype(owner, "mu_dtype", mu_dtype)
   nu_dtype = check_float_dtype(owner, "nu_dtype", nu_dtype)
+  nesterov = check_flag(owner, "nesterov", nesterov)
+  amsgrad = check_flag(owner, "amsgrad", amsgrad)
+  infinity_norm = check_flag(owner, "infinity_norm", infinity_norm)
   if momentum_decay is not None:
     if not nesterov:
       raise ValueError(
         f"{owner}(momentum_decay={momentum_decay!r}): momentum_decay schedules the "
         "Nesterov momentum; pass nesterov=True with it"
       )
-    check_nonnegative(owner, "momentum_decay", momentum_decay)
+    momentum_decay = check_nonnegative(owner, "momentum_decay", momentum_decay)
   options = moment_options(
     b1,
     b2,
     eps,
     eps_root,
+    mu_dtype=mu_dtype,
+    nu_dtype=nu_dtype,
     nesterov=nesterov,
     momentum_decay=momentum_decay,
     amsgrad=amsgrad,
@@ -211,28 +236,29 @@ def scale_by_moments(
     check_zero(owner, "eps_root", eps_root, "with infinity_norm=True (it has no root)")
 
   def init_fn(params: optax.Params) -> ScaleByMomentsState:
-    def zeros(param: jax.Array, requested: Any, *, real: bool) -> jax.Array:
+    check_inexact_leaves(f"{owner}.init", params, "param")
+
+    def zeros(param: Any, requested: Any, *, real: bool) -> jax.Array:
       dtype = num.state_dtype(jnp.result_type(param), requested, real=real)
-      return jnp.zeros(jnp.shape(param), dtype)
+      return jnp.zeros_like(param, dtype=dtype)  # keeps the param's sharding
 
     mu = jax.tree.map(lambda p: zeros(p, mu_dtype, real=False), params)
     nu = jax.tree.map(lambda p: zeros(p, nu_dtype, real=True), params)
     nu_max = jax.tree.map(jnp.copy, nu) if amsgrad else None
-    return ScaleByMomentsState(count=num.zero_count(), mu=mu, nu=nu, nu_max=nu_max)
+    state = ScaleByMomentsState(count=num.zero_count(), mu=mu, nu=nu, nu_max=nu_max)
+    return colocate(state, params)
 
   def update_fn(
     updates: optax.Updates, state: ScaleByMomentsState, params: optax.Params | None = None
   ) -> tuple[optax.Updates, ScaleByMomentsState]:
-    del params
-    check_fits_state(owner, updates, state.mu)
+    check_update(options, state, updates, params)
     count = num.saturating_increment(state.count)
     # Once per dtype, not once per leaf: built per leaf, a 4096-leaf tree traces
     # and compiles the same scalar arithmetic 4096 times (NAdam's series too).
     scalars = functools.cache(functools.partial(step_scalars, options, count))
 
-    def leaf(grad: jax.Array, mu: jax.Array, nu: jax.Array, nu_max: Any = None):
-      k = scalars(num.compute_dtype(grad.dtype))
-      return update_leaf(options.leaf, k, grad, mu, nu, nu_max)
+    def leaf(grad: Any, mu: jax.Array, nu: jax.Array, nu_max: Any = None):
+      return update_leaf(options.leaf, scalars, grad, mu, nu, nu_max)
 
     extra = (state.nu_max,) if amsgrad else ()
     out = jax.tree.map(leaf, updates, state.mu, state.nu, *extra)
@@ -248,7 +274,7 @@ def scale_by_moments(
 
 
 class LeafOptions(NamedTuple):
-  """Which lines of :func:`update_leaf` run (static: they never depend on traced values)."""
+  """Which lines of :func:`update_leaf` run (static: never a traced value)."""
 
   nesterov: bool
   amsgrad: bool
@@ -257,13 +283,15 @@ class LeafOptions(NamedTuple):
 
 
 class MomentOptions(NamedTuple):
-  """The hyperparameters (possibly traced) and options of one :func:`scale_by_moments`."""
+  """One :func:`scale_by_moments`' arguments, validated (the decays may be tracers)."""
 
   b1: Any
   b2: Any
   eps: Any
   eps_root: Any
   momentum_decay: Any
+  mu_dtype: Any
+  nu_dtype: Any
   leaf: LeafOptions
 
 
@@ -273,6 +301,8 @@ def moment_options(
   eps: Any,
   eps_root: Any,
   *,
+  mu_dtype: Any = None,
+  nu_dtype: Any = None,
   nesterov: bool = False,
   momentum_decay: Any = None,
   amsgrad: bool = False,
@@ -283,7 +313,20 @@ def moment_options(
   if nu_correction is None:
     nu_correction = "none" if infinity_norm else "downstream"
   leaf = LeafOptions(nesterov, amsgrad, nu_correction, infinity_norm)
-  return MomentOptions(b1, b2, eps, eps_root, momentum_decay, leaf)
+  return MomentOptions(b1, b2, eps, eps_root, momentum_decay, mu_dtype, nu_dtype, leaf)
+
+
+def check_update(
+  options: MomentOptions, state: Any, updates: optax.Updates, params: optax.Params | None
+) -> None:
+  """The checks :func:`scale_by_moments`' update makes before any arithmetic.
+
+  The fused kernel's update (:mod:`adam_optax._fused`) makes them too.
+  """
+  _check_state(_OWNER, state, amsgrad=options.leaf.amsgrad)
+  check_fits_state(_OWNER, updates, state.mu, params)
+  if params is not None:
+    _check_state_dtypes(_OWNER, state, params, options.mu_dtype, options.nu_dtype)
 
 
 def step_scalars(options: MomentOptions, count: jax.Array, dtype: np.dtype) -> _StepScalars:
@@ -293,6 +336,10 @@ def step_scalars(options: MomentOptions, count: jax.Array, dtype: np.dtype) -> _
   both take their scalars from here.
   """
   real = num.real_dtype(dtype)
+  check_in_dtype(_OWNER, "b1", options.b1, real, decay=True)
+  check_in_dtype(_OWNER, "b2", options.b2, real, decay=True)
+  check_in_dtype(_OWNER, "eps", options.eps, real)
+  check_in_dtype(_OWNER, "eps_root", options.eps_root, real)
   keep1, mix1 = num.decay_weights(options.b1, dtype)
   keep2, mix2 = num.decay_weights(options.b2, real)
   bias2 = num.one_minus_power(options.b2, count, real)
@@ -307,8 +354,8 @@ def step_scalars(options: MomentOptions, count: jax.Array, dtype: np.dtype) -> _
     keep2=keep2,
     mix2=mix2,
     bias2=bias2,
-    eps=jnp.asarray(options.eps, real) * jnp.sqrt(scale),
-    eps_root=jnp.asarray(options.eps_root, real) * scale,
+    eps=num.scalar(options.eps, real) * jnp.sqrt(scale),
+    eps_root=num.scalar(options.eps_root, real) * scale,
     weight_mu=weight_mu,
     weight_g=weight_g,
   )
@@ -316,19 +363,24 @@ def step_scalars(options: MomentOptions, count: jax.Array, dtype: np.dtype) -> _
 
 def update_leaf(
   options: LeafOptions,
-  k: _StepScalars,
-  grad: jax.Array,
+  scalars: Callable[[np.dtype], _StepScalars],
+  grad: Any,
   mu: jax.Array,
   nu: jax.Array,
   nu_max: Any = None,
 ) -> tuple[jax.Array, ...]:
-  """One leaf's ``(ratio, new mu, new nu[, new nu_max])``, given this step's scalars.
+  """One leaf's ``(ratio, new mu, new nu[, new nu_max])``; ``scalars(dtype)`` this step's.
 
   The fused kernel (``csrc/adam_fused_cpu.cc``) performs these operations in
   this order; keep the two in step.
   """
-  dtype = num.compute_dtype(grad.dtype)
+  grad = jnp.asarray(grad)  # Python floats are leaves too
+  out_dtype = grad.dtype
+  if jnp.iscomplexobj(mu) and not jnp.iscomplexobj(grad):  # a real gradient, complex param
+    out_dtype = num.complex_dtype(out_dtype)
+  dtype = num.compute_dtype(out_dtype)
   real = num.real_dtype(dtype)
+  k = scalars(dtype)
   g = grad.astype(dtype)
   new_mu = k.keep1 * mu.astype(dtype) + k.mix1 * g
   if options.infinity_norm:
@@ -342,5 +394,39 @@ def update_leaf(
     kept = (second.astype(nu_max.dtype),)
   denominator = second if options.infinity_norm else jnp.sqrt(second + k.eps_root) + k.eps
   numerator = k.weight_mu * new_mu + k.weight_g * g if options.nesterov else new_mu
-  ratio = numerator / denominator.astype(dtype)
-  return (ratio.astype(grad.dtype), new_mu.astype(mu.dtype), new_nu.astype(nu.dtype), *kept)
+  ratio = num.safe_ratio(numerator, denominator.astype(dtype))
+  return (ratio.astype(out_dtype), new_mu.astype(mu.dtype), new_nu.astype(nu.dtype), *kept)
+
+
+def _check_state_dtypes(
+  owner: str, state: ScaleByMomentsState, params: optax.Params, mu_dtype: Any, nu_dtype: Any
+) -> None:
+  """Raises if the state's moments are not in the dtypes this optimizer's init would choose.
+
+  A state restored from an optimizer of another ``mu_dtype``/``nu_dtype`` would
+  otherwise carry on silently in the other precision.
+  """
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  moments = (("mu", state.mu, mu_dtype, False), ("nu", state.nu, nu_dtype, True))
+  for name, tree, requested, real in moments:
+    for (path, param), held in zip(flat, jax.tree.leaves(tree), strict=True):
+      expected = num.state_dtype(jnp.result_type(param), requested, real=real)
+      if jnp.result_type(held) != expected:
+        raise TypeError(
+          f"{owner}.update: the state's {name} at {where(path)} is {jnp.result_type(held)}, "
+          f"but this optimizer keeps it in {expected} ({name}_dtype={requested!r}). Was the "
+          f"state made by an optimizer with another {name}_dtype?"
+        )
+
+
+def _check_state(owner: str, state: Any, *, amsgrad: bool) -> None:
+  """Raises if ``state`` was not made by the ``init`` of a transform like this one."""
+  check_state_type(owner, state, ScaleByMomentsState)
+  has_max = state.nu_max is not None
+  if amsgrad != has_max:
+    made_by = "with amsgrad=True (AMSGrad)" if has_max else "without amsgrad (e.g. adam)"
+    wanted = "AMSGrad, which needs" if amsgrad else "not AMSGrad, which has no"
+    raise TypeError(
+      f"{owner}.update: this state was made by an optimizer {made_by}, but this one is "
+      f"{wanted} the running maximum nu_max. Initialise the state with this optimizer's init."
+    )

@@ -26,17 +26,44 @@ def saturating_increment(count: jax.Array) -> jax.Array:
   return jnp.where(count < limit, count + 1, jnp.asarray(limit, _COUNT_DTYPE))
 
 
+def is_half_precision(dtype: Any) -> bool:
+  """Whether ``dtype`` is a floating dtype narrower than float32 (float16, bfloat16, ...)."""
+  return jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32
+
+
 def compute_dtype(dtype: Any) -> np.dtype:
   """The dtype the update arithmetic of a ``dtype`` leaf is carried out in.
 
   Half-precision leaves are computed in float32 (then stored back in their own
   dtype): ``eps = 1e-8`` is not representable in float16, which is why an
-  all-zero float16 gradient gives ``0 / 0`` in a float16 computation.
+  all-zero float16 gradient gives ``0 / 0`` in a float16 computation. The
+  dtype is canonicalised, so a NumPy float64 leaf with 64-bit types off is
+  computed in float32 without a warning per cast.
   """
-  dtype = np.dtype(dtype)
-  if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+  dtype = jax.dtypes.canonicalize_dtype(np.dtype(dtype))
+  if is_half_precision(dtype):
     return np.dtype(jnp.float32)
   return dtype
+
+
+def complex_dtype(dtype: Any) -> np.dtype:
+  """The complex dtype of ``dtype``'s precision: ``float32 -> complex64``."""
+  if jnp.issubdtype(dtype, jnp.complexfloating):
+    return np.dtype(dtype)
+  return np.dtype(jnp.complex128 if jnp.finfo(dtype).bits == 64 else jnp.complex64)
+
+
+def scalar(value: Any, dtype: Any) -> jax.Array:
+  """A (possibly traced) hyperparameter as a 0-d array of ``dtype``.
+
+  A complex value meeting a real ``dtype`` contributes its real part:
+  :func:`optax.inject_hyperparams` stores every hyperparameter in the dtype of
+  the first param, complex when that param is.
+  """
+  array = jnp.asarray(value)
+  if jnp.iscomplexobj(array) and not jnp.issubdtype(dtype, jnp.complexfloating):
+    array = jnp.real(array)
+  return array.astype(dtype)
 
 
 def real_dtype(dtype: Any) -> np.dtype:
@@ -50,20 +77,23 @@ def state_dtype(param_dtype: Any, requested: Any, *, real: bool) -> np.dtype:
   Args:
     param_dtype: the param's dtype.
     requested: the user's ``mu_dtype``/``nu_dtype`` (a precision), or ``None``
-      for the param's own precision.
+      for the default: the param's own precision, except that the second
+      moment of a half-precision param is kept in float32 (see
+      :func:`adam_optax.scale_by_moments`).
     real: whether the moment is real-valued (the second moment ``|g|^2``).
 
   Returns:
-    ``requested`` (or the param's dtype) made complex for a complex first
-    moment and real for a second moment: ``mu_dtype=float32`` on complex64
-    params keeps the imaginary part instead of silently dropping it.
+    ``requested`` (or the default) made complex for a complex first moment and
+    real for a second moment: ``mu_dtype=float32`` on complex64 params keeps
+    the imaginary part instead of silently dropping it.
   """
+  param_dtype = jax.dtypes.canonicalize_dtype(np.dtype(param_dtype))
+  if requested is None and real and is_half_precision(param_dtype):
+    requested = jnp.float32
   dtype = np.dtype(requested if requested is not None else param_dtype)
   if real or not jnp.issubdtype(param_dtype, jnp.complexfloating):
     return real_dtype(dtype) if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
-  if jnp.issubdtype(dtype, jnp.complexfloating):
-    return dtype
-  return np.dtype(jnp.complex128 if jnp.finfo(dtype).bits == 64 else jnp.complex64)
+  return complex_dtype(dtype)
 
 
 def squared_magnitude(x: jax.Array) -> jax.Array:
@@ -71,6 +101,22 @@ def squared_magnitude(x: jax.Array) -> jax.Array:
   if jnp.iscomplexobj(x):
     return jnp.square(x.real) + jnp.square(x.imag)
   return jnp.square(x)
+
+
+def safe_ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+  r"""``numerator / denominator``, and 0 where the denominator is 0.
+
+  Adam's denominator is 0 only when the second moment is 0 and ``eps = 0``: no
+  gradient has reached the entry yet (so the first moment is 0 too and the
+  step is 0, not ``0 / 0``), or the gradients are so small that
+  :math:`(1 - \beta_2) g^2` underflows (below ~3e-18 in float32 at
+  ``b2 = 0.999``); a float32 second moment then holds no information and a
+  zero step is the safe answer, where the unguarded division gives
+  :math:`\pm\infty`. The guard keeps the gradient of the division finite as well.
+  """
+  zero = denominator == 0
+  safe = jnp.where(zero, jnp.ones([], denominator.dtype), denominator)
+  return jnp.where(zero, jnp.zeros([], numerator.dtype), numerator / safe)
 
 
 def decay_weights(decay: Any, dtype: Any) -> tuple[jax.Array, jax.Array]:
@@ -82,7 +128,7 @@ def decay_weights(decay: Any, dtype: Any) -> tuple[jax.Array, jax.Array]:
   from the Python value instead, which in float32 makes its first
   bias-corrected second moment ``1.000013 g^2`` rather than ``g^2``.
   """
-  keep = jnp.asarray(decay, dtype)
+  keep = scalar(decay, dtype)
   return keep, 1 - keep
 
 
@@ -96,7 +142,7 @@ def one_minus_power(decay: Any, count: jax.Array, dtype: Any) -> jax.Array:
   does not drift from the plain optimizer. ``decay = 0`` gives exactly 1 for ``t >= 1``.
   """
   t = count.astype(dtype)
-  return -jnp.expm1(t * jnp.log(jnp.asarray(decay, dtype)))
+  return -jnp.expm1(t * jnp.log(scalar(decay, dtype)))
 
 
 _SERIES_TERMS = 64  # 0.5**64 * t: below float64 rounding for any int32 t
@@ -132,7 +178,7 @@ def nesterov_coefficients(
   following = saturating_increment(count)
   if momentum_decay is None:
     return keep * bias / one_minus_power(decay, following, dtype), mix
-  log_q = jnp.asarray(momentum_decay, dtype) * jnp.log(jnp.asarray(0.96, dtype))
+  log_q = scalar(momentum_decay, dtype) * jnp.log(jnp.asarray(0.96, dtype))
   k = jnp.arange(1, _SERIES_TERMS + 1).astype(dtype)
   term_weights = jnp.exp2(-k) / k * jnp.exp(k * log_q)
   per_term = jnp.expm1(k * log_q)  # 1 - q^k, negated; 0 when psi = 0

@@ -115,7 +115,18 @@ def _resolve_param_shardings(
 
 
 def _axis_tuple(owner: str, mesh: Mesh, zero1_axis: AxisNames) -> tuple[str, ...]:
-  names = (zero1_axis,) if isinstance(zero1_axis, str) else tuple(zero1_axis)
+  expected = "a mesh axis name or a tuple of distinct names"
+  if isinstance(zero1_axis, str):
+    names: tuple[Any, ...] = (zero1_axis,)
+  elif isinstance(zero1_axis, (tuple, list)):
+    names = tuple(zero1_axis)
+  else:
+    raise TypeError(
+      f"{owner}(zero1_axis={zero1_axis!r}): zero1_axis must be {expected}, such as "
+      f"'data'; got {type(zero1_axis).__name__}"
+    )
+  if len(set(names)) != len(names):
+    raise ValueError(f"{owner}(zero1_axis={zero1_axis!r}): zero1_axis must be {expected}")
   for name in names:
     if name not in mesh.shape:
       raise ValueError(
@@ -368,10 +379,16 @@ def sharded_train_step(
     batch_shardings: the batch's shardings (a tree or prefix), typically
       ``NamedSharding(mesh, PartitionSpec("data"))``.
     donate: donate the params and state buffers to the step (saves a copy of
-      both; the arrays passed in must not be used afterwards).
+      both; the arrays passed in are deleted by the call, see below).
 
   Returns:
-    The jitted step. The loss comes back replicated.
+    The jitted step. The loss comes back replicated. With ``donate=True`` it
+    first checks that no param or state array it is given was deleted by an
+    earlier donated call, and raises a ``ValueError`` naming the leaf if one
+    was: with jax 0.10.2, handing a donated (deleted) array to a jitted
+    function over several devices kills the interpreter with a segmentation
+    fault instead of raising. The check costs one flag read per leaf;
+    ``step.jitted`` is the unchecked function.
   """
   if isinstance(param_shardings, Mesh):
     param_shardings = NamedSharding(param_shardings, PartitionSpec())
@@ -392,12 +409,34 @@ def sharded_train_step(
     state = _constrain(state, state_shardings)
     return params, state, loss
 
-  return jax.jit(
+  jitted = jax.jit(
     step,
     in_shardings=(param_shardings, state_shardings, batch_shardings),
     out_shardings=(param_shardings, state_shardings, loss_sharding),
     donate_argnums=(0, 1) if donate else (),
   )
+  return _DonationGuard(jitted) if donate else jitted
+
+
+class _DonationGuard:
+  """A donated jitted step that refuses deleted inputs instead of crashing on them."""
+
+  def __init__(self, jitted: Any) -> None:
+    self.jitted = jitted
+
+  def __call__(self, params: PyTree, state: optax.OptState, batch: PyTree) -> Any:
+    for name, tree in (("params", params), ("state", state)):
+      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(leaf, jax.Array) and leaf.is_deleted():
+          raise ValueError(
+            f"sharded_train_step: {name}{_path_str(path)} was donated to an earlier step "
+            "and no longer exists; pass the params and state that the last step returned "
+            "(or build the step with donate=False to keep its inputs alive)."
+          )
+    return self.jitted(params, state, batch)
+
+  def __getattr__(self, name: str) -> Any:  # lower, trace, eval_shape, ...
+    return getattr(self.jitted, name)
 
 
 class StateMemory(NamedTuple):

@@ -1,10 +1,21 @@
-"""Construction-time checks of hyperparameters.
+"""Checks of hyperparameters, at construction and at trace time.
 
 Every factory validates its concrete arguments before it builds anything, so a
 typo fails at the line that made the optimizer, with a message that names the
-factory, the argument and the allowed range. Values that are JAX tracers (for
-example hyperparameters injected by :func:`optax.inject_hyperparams` inside a
-jitted function) cannot be inspected and pass through unchanged.
+factory, the argument and the allowed range. Each check returns the value the
+factory should keep: Python numbers of any kind (``Fraction``, ``np.float64``,
+a huge ``int``) become a ``float``, so nothing later trips over an exotic type.
+
+Values are checked as the arithmetic will use them, not only as Python sees
+them: ``b2 = 0.99999999`` lies in ``[0, 1)`` but is 1.0 in float32, where
+``1 - b2 = 0`` turns every step into ``0 / 0``. That rounding is checked at
+construction when 64-bit types are off (float32 is then the only compute
+precision) and otherwise at trace time, by :func:`check_in_dtype`, once the
+dtype of the leaves is known.
+
+Values that are JAX tracers (hyperparameters injected by
+:func:`optax.inject_hyperparams` inside a jitted function) cannot be inspected
+and pass through unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +32,10 @@ import numpy as np
 def concrete_scalar(value: Any) -> float | None:
   """Returns ``value`` as a Python float, or ``None`` if it is traced.
 
+  A 0-d complex array with a zero imaginary part counts as real: that is what
+  :func:`optax.inject_hyperparams` makes of a hyperparameter when the first
+  param is complex. Integers too large for a float become ``±inf``.
+
   Raises:
     TypeError: if ``value`` is neither a real number nor a 0-d real array.
   """
@@ -29,12 +44,17 @@ def concrete_scalar(value: Any) -> float | None:
   if isinstance(value, (bool, np.bool_)):
     raise TypeError("a bool is not a number here")
   if isinstance(value, numbers.Real):
-    return float(value)
+    try:
+      return float(value)
+    except OverflowError:  # an int beyond float's range
+      return math.inf if value > 0 else -math.inf  # type: ignore[operator]
   if isinstance(value, (np.ndarray, np.generic, jax.Array)):
     array = np.asarray(value)
     if array.ndim == 0 and jnp.issubdtype(array.dtype, jnp.number):
       if np.iscomplexobj(array):
-        raise TypeError("a complex number is not a valid hyperparameter")
+        if array.imag != 0:
+          raise TypeError("a complex number is not a valid hyperparameter")
+        array = array.real
       return float(array)
   raise TypeError(f"expected a real number, got {value!r} ({type(value).__name__})")
 
@@ -55,34 +75,97 @@ def _checked(owner: str, name: str, value: Any, expected: str) -> float | None:
   return number
 
 
-def check_decay(owner: str, name: str, value: Any) -> None:
-  """Checks that an EMA decay rate lies in ``[0, 1)``."""
+def _kept(value: Any) -> Any:
+  """What a factory keeps of a checked value: plain numbers as floats, arrays as they are."""
+  if isinstance(value, numbers.Real) and not isinstance(value, np.generic):
+    return concrete_scalar(value)
+  return value
+
+
+def _construction_dtype() -> np.dtype | None:
+  """The one compute precision when 64-bit types are off; ``None`` when x64 allows two."""
+  x64 = jax.dtypes.canonicalize_dtype(np.float64) == np.float64
+  return None if x64 else np.dtype(np.float32)
+
+
+def check_in_dtype(owner: str, name: str, value: Any, dtype: Any, *, decay: bool = False) -> None:
+  """Checks that a concrete hyperparameter survives rounding to ``dtype``.
+
+  Args:
+    owner: the factory's name, for the message.
+    name: the argument's name, for the message.
+    value: the hyperparameter (a tracer passes unchecked).
+    dtype: the real dtype the arithmetic uses.
+    decay: whether ``value`` is an EMA decay, which must stay below 1.
+
+  Raises:
+    ValueError: the rounded value is infinite, or a decay rounds to 1.
+  """
+  number = None if isinstance(value, jax.core.Tracer) else concrete_scalar(value)
+  if number is None:
+    return
+  dtype = np.dtype(dtype)
+  with np.errstate(over="ignore"):
+    rounded = float(np.asarray(number).astype(dtype))
+  if decay and rounded >= 1.0:
+    raise ValueError(
+      f"{owner}({name}={value!r}): {name} rounds to {rounded!r} in {dtype}, the "
+      f"precision the update is computed in, and 1 - {name} = 0 would make every "
+      f"step 0/0; use a value below {float(np.nextafter(dtype.type(1), dtype.type(0)))!r} "
+      "(or float64 params with jax_enable_x64)"
+    )
+  if not math.isinf(number) and math.isinf(rounded):
+    raise ValueError(
+      f"{owner}({name}={value!r}): {name} overflows to {rounded!r} in {dtype}, the "
+      "precision the update is computed in"
+    )
+
+
+def check_decay(owner: str, name: str, value: Any) -> Any:
+  """Checks that an EMA decay rate lies in ``[0, 1)`` and stays below 1 once rounded."""
   expected = "a number in [0, 1)"
   number = _checked(owner, name, value, expected)
   if number is not None and not 0.0 <= number < 1.0:
     raise ValueError(f"{owner}({name}={value!r}): {name} must be {expected}")
+  dtype = _construction_dtype()
+  if dtype is not None:
+    check_in_dtype(owner, name, value, dtype, decay=True)
+  return _kept(value)
 
 
-def check_nonnegative(owner: str, name: str, value: Any) -> None:
-  """Checks that a stabilising constant is finite and ``>= 0``."""
-  expected = "a finite number >= 0"
+def _check_finite_nonnegative(owner: str, name: str, value: Any, expected: str) -> Any:
   number = _checked(owner, name, value, expected)
   if number is not None and not 0.0 <= number < math.inf:
     raise ValueError(f"{owner}({name}={value!r}): {name} must be {expected}")
+  dtype = _construction_dtype()
+  if dtype is not None:
+    check_in_dtype(owner, name, value, dtype)
+  return _kept(value)
 
 
-def check_rate(owner: str, name: str, value: Any) -> None:
+def check_nonnegative(owner: str, name: str, value: Any) -> Any:
+  """Checks that a stabilising constant is finite and ``>= 0``."""
+  return _check_finite_nonnegative(owner, name, value, "a finite number >= 0")
+
+
+def check_rate(owner: str, name: str, value: Any) -> Any:
   """Checks a learning rate (or a decay strength): a number ``>= 0`` or a schedule.
 
   A schedule is any callable mapping the step count to a number; it is
-  evaluated inside the update and cannot be checked here.
+  evaluated inside the update, where :func:`adam_optax._scaling.step_value`
+  checks what it returns.
   """
   if callable(value):
-    return
+    return value
   expected = "a finite number >= 0 or a schedule (a callable step -> number)"
-  number = _checked(owner, name, value, expected)
-  if number is not None and not 0.0 <= number < math.inf:
-    raise ValueError(f"{owner}({name}={value!r}): {name} must be {expected}")
+  return _check_finite_nonnegative(owner, name, value, expected)
+
+
+def check_flag(owner: str, name: str, value: Any) -> bool:
+  """Checks that a switch is a real ``bool``: ``nesterov="False"`` must not turn it on."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{owner}({name}=...): {name} must be True or False; got {_describe(value)}")
+  return bool(value)
 
 
 def check_float_dtype(owner: str, name: str, value: Any) -> np.dtype | None:
@@ -113,13 +196,6 @@ def check_zero(owner: str, name: str, value: Any, why: str) -> None:
 
 def check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
   """Checks that a configuration string is one of ``choices``."""
-  if value not in choices:
+  if not isinstance(value, str) or value not in choices:
     expected = ", ".join(repr(choice) for choice in choices)
     raise ValueError(f"{owner}({name}={value!r}): {name} must be one of {expected}")
-
-
-def check_flag(owner: str, name: str, value: Any) -> bool:
-  """Checks that a switch is a real bool (not 1, ``"yes"`` or an array) and returns it."""
-  if not isinstance(value, (bool, np.bool_)):
-    raise ValueError(f"{owner}({name}={value!r}): {name} must be True or False")
-  return bool(value)

@@ -7,10 +7,13 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from adam_optax import _numerics as num
+from adam_optax._recipes import DecayRecipe, recorded
 from adam_optax._scaling import schedule_state, step_value
+from adam_optax._trees import check_fits_params, where
 from adam_optax._validation import check_rate
 
 
@@ -59,29 +62,37 @@ def add_decayed_weights(
     Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019,
     https://arxiv.org/abs/1711.05101.
   """
-  check_rate("add_decayed_weights", "weight_decay", weight_decay)
+  return decayed_weights("add_decayed_weights", weight_decay, mask)
+
+
+def decayed_weights(
+  owner: str,
+  weight_decay: optax.ScalarOrSchedule,
+  mask: Any | Callable[[optax.Params], Any] | None,
+) -> optax.GradientTransformation:
+  """:func:`add_decayed_weights`, validated and reporting errors in ``owner``'s name."""
+  weight_decay = check_rate(owner, "weight_decay", weight_decay)
 
   def decay_tree(updates: optax.Updates, params: optax.Params, rate: jax.Array) -> optax.Updates:
     return jax.tree.map(functools.partial(decay_leaf, rate), updates, params)
 
-  return decay_transform(weight_decay, mask, decay_tree)
+  return decay_transform(owner, weight_decay, mask, decay_tree)
 
 
 def decay_transform(
+  owner: str,
   weight_decay: optax.ScalarOrSchedule,
   mask: Any,
   apply: Callable[[optax.Updates, optax.Params, jax.Array], optax.Updates],
 ) -> optax.GradientTransformation:
-  """:func:`add_decayed_weights`' state, schedule and mask around ``apply(updates, params, rate)``.
+  """The decay's state, schedule, checks and mask around ``apply(updates, params, rate)``.
 
   The fused kernel (:mod:`adam_optax._fused`) runs it with an ``apply`` that
   only records which leaves are decayed and at what rate.
   """
-  owner = "add_decayed_weights"
 
   def init_fn(params: optax.Params) -> AddDecayedWeightsState | optax.EmptyState:
-    del params
-    return schedule_state(weight_decay, AddDecayedWeightsState)
+    return schedule_state(weight_decay, AddDecayedWeightsState, params)
 
   def update_fn(
     updates: optax.Updates,
@@ -90,15 +101,51 @@ def decay_transform(
   ) -> tuple[optax.Updates, AddDecayedWeightsState | optax.EmptyState]:
     if params is None:
       raise ValueError(f"{owner}: update needs the params (update(grads, state, params)).")
-    rate, state = step_value(weight_decay, state)
+    check_fits_params(owner, updates, params)
+    rate, state = step_value(owner, "weight_decay", weight_decay, state)
     return apply(updates, params, rate), state
 
-  transform = optax.GradientTransformation(init_fn, update_fn)
-  return transform if mask is None else optax.masked(transform, mask)
+  transform = recorded(DecayRecipe(weight_decay), optax.GradientTransformation(init_fn, update_fn))
+  if mask is None:
+    return transform
+  masked = optax.masked(transform, mask)
+
+  def masked_init(params: optax.Params) -> Any:
+    _check_mask(owner, mask, params)
+    return masked.init(params)
+
+  def masked_update(
+    updates: optax.Updates, state: Any, params: optax.Params | None = None
+  ) -> tuple[optax.Updates, Any]:
+    if params is not None:
+      _check_mask(owner, mask, params)
+    return masked.update(updates, state, params)
+
+  return optax.GradientTransformation(masked_init, masked_update)
 
 
-def decay_leaf(rate: jax.Array, update: jax.Array, param: jax.Array) -> jax.Array:
+def decay_leaf(rate: jax.Array, update: Any, param: Any) -> jax.Array:
   """``update + rate * param`` in the leaf's compute dtype (the fused kernel's too)."""
+  update = jnp.asarray(update)
   dtype = num.compute_dtype(update.dtype)
-  decay = rate.astype(num.real_dtype(dtype)).astype(dtype)
-  return (update.astype(dtype) + decay * param.astype(dtype)).astype(update.dtype)
+  decay = num.scalar(rate, num.real_dtype(dtype)).astype(dtype)
+  return (update.astype(dtype) + decay * jnp.asarray(param).astype(dtype)).astype(update.dtype)
+
+
+def _check_mask(owner: str, mask: Any, params: optax.Params) -> None:
+  """Raises unless ``mask`` (or ``mask(params)``) is a tree of bools over (a prefix of) params."""
+  tree = mask(params) if callable(mask) else mask
+  try:
+    jax.tree.map(lambda flag, _: flag, tree, params)
+  except (ValueError, TypeError):
+    raise ValueError(
+      f"{owner}(mask=...): the mask must be a tree of booleans with the structure of the "
+      "params (or of a prefix of it, one boolean for a whole subtree); got "
+      f"{jax.tree.structure(tree)} for params {jax.tree.structure(params)}."
+    ) from None
+  for path, flag in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    concrete_bool = not isinstance(flag, jax.core.Tracer) and jnp.ndim(flag) == 0
+    if not (concrete_bool and jnp.result_type(flag) == jnp.bool_):
+      raise TypeError(
+        f"{owner}(mask=...): the mask at {where(path)} is {flag!r}; expected True or False."
+      )

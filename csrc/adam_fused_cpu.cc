@@ -51,9 +51,9 @@ namespace ffi = xla::ffi;
 namespace adam_optax {
 namespace {
 
-// Bumped whenever the operands, attributes or scalars change meaning; the
+// Bumped whenever the operands, attributes, scalars or arithmetic change; the
 // Python loader refuses a library built from another version of this file.
-constexpr int32_t kAbiVersion = 1;
+constexpr int32_t kAbiVersion = 2;
 
 // Bits of the "mode" attribute (adam_optax/_fused.py writes them).
 constexpr int64_t kNesterov = 1 << 0;   // numerator weight_mu * m + weight_g * g
@@ -219,7 +219,7 @@ inline C Max(C a, C b) {
 template <bool kFma, typename C>
 inline C MulAdd(C a, C b, C c) {
   if constexpr (kFma) {
-    return __builtin_fma(a, b, c);
+    return std::fma(a, b, c);  // fmaf for float: one rounding, in C
   } else {
     return a * b + c;
   }
@@ -266,7 +266,8 @@ __attribute__((always_inline)) inline void StageA(int64_t n, const C* __restrict
     if constexpr (kNest) numerator = MulAdd<kFma>(weight_mu, new_m, weight_g * grad);
     m[i] = new_m;
     v[i] = new_v;
-    r[i] = numerator / denominator;
+    // num.safe_ratio: 0 where the denominator is 0 (eps = 0, no gradient yet).
+    r[i] = denominator == C(0) ? C(0) : numerator / denominator;
   }
 }
 

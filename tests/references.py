@@ -33,6 +33,7 @@ def algorithm1(
   amsgrad: str | None = None,
   weight_decay: float | Callable[[int], float] = 0.0,
   decay_mask: np.ndarray | bool = True,
+  flush: float = 0.0,
 ) -> np.ndarray:
   """Kingma & Ba (2015), Algorithm 1, in float64 (``eps_root`` as in optax).
 
@@ -54,17 +55,28 @@ def algorithm1(
     ``decay_mask`` (booleans shaped like ``params``): AdamW, decay times lr.
 
   ``lr`` may be a function of the step count (from 0), like an optax schedule.
+
+  ``flush`` emulates a narrower type's range: gradients and every product and
+  sum that forms the moments are set to 0 where their magnitude is below it,
+  as float32 arithmetic with denormals flushed to zero does (XLA's CPU and GPU
+  backends) for ``flush = np.finfo(np.float32).tiny``. A zero denominator
+  (a zero second moment with ``eps = 0``) gives a zero step, the convention of
+  the package (the first moment is zero there too, but for flushing).
   """
   theta = np.asarray(params, np.float64)
   m = np.zeros_like(theta)
   v = np.zeros_like(theta)
+
+  def ftz(x: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(x) < flush, 0.0, x) if flush else x
+
   v_max = np.zeros_like(theta)
   product = 1.0
   trajectory = []
   for t, g in enumerate(grads, start=1):
-    g = np.asarray(g, np.float64)
-    m = b1 * m + (1 - b1) * g
-    v = b2 * v + (1 - b2) * g * g
+    g = ftz(np.asarray(g, np.float64))
+    m = ftz(ftz(b1 * m) + ftz((1 - b1) * g))
+    v = ftz(ftz(b2 * v) + ftz((1 - b2) * ftz(g * g)))
     m_hat = m / _one_minus_power(b1, t)
     v_hat = v / _one_minus_power(b2, t)
     if nesterov and momentum_decay is None:
@@ -84,7 +96,7 @@ def algorithm1(
       m_hat, v_hat = m, v_max
     rate = lr(t - 1) if callable(lr) else lr
     decay = weight_decay(t - 1) if callable(weight_decay) else weight_decay
-    step = m_hat / (np.sqrt(v_hat + eps_root) + eps) + decay * np.where(decay_mask, theta, 0.0)
+    step = _ratio(m_hat, np.sqrt(v_hat + eps_root) + eps) + decay * np.where(decay_mask, theta, 0.0)
     theta = theta - rate * step
     trajectory.append(theta)
   return np.stack(trajectory)
@@ -97,19 +109,34 @@ def adamax_reference(
   b1: float = 0.9,
   b2: float = 0.999,
   eps: float = 1e-8,
+  *,
+  flush: float = 0.0,
 ) -> np.ndarray:
-  """Kingma & Ba (2015), Section 7.1 (AdaMax), in float64, eps inside the max."""
+  """Kingma & Ba (2015), Section 7.1 (AdaMax), in float64, eps inside the max.
+
+  ``flush`` and a zero denominator as in :func:`algorithm1`.
+  """
   theta = np.asarray(params, np.float64)
   m = np.zeros_like(theta)
   u = np.zeros_like(theta)
+
+  def ftz(x: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(x) < flush, 0.0, x) if flush else x
+
   trajectory = []
   for t, g in enumerate(grads, start=1):
-    g = np.asarray(g, np.float64)
-    m = b1 * m + (1 - b1) * g
-    u = np.maximum(b2 * u, np.abs(g) + eps)
-    theta = theta - (lr / _one_minus_power(b1, t)) * m / u
+    g = ftz(np.asarray(g, np.float64))
+    m = ftz(ftz(b1 * m) + ftz((1 - b1) * g))
+    u = ftz(np.maximum(ftz(b2 * u), np.abs(g) + eps))
+    theta = theta - (lr / _one_minus_power(b1, t)) * _ratio(m, u)
     trajectory.append(theta)
   return np.stack(trajectory)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+  """``numerator / denominator``, 0 where the denominator is 0."""
+  safe = np.where(denominator == 0, 1.0, denominator)
+  return np.where(denominator == 0, 0.0, numerator / safe)
 
 
 def _one_minus_power(b: float, t: int) -> float:
@@ -204,3 +231,31 @@ def gradient_sequence(
     (scale * rng.standard_normal(size) * np.exp(rng.standard_normal(size))).astype(dtype)
     for _ in range(steps)
   ]
+
+
+def units_apart(actual, expected) -> int:
+  """The largest number of representable values between two arrays' elements (0: equal)."""
+  a, b = np.asarray(actual), np.asarray(expected)
+  if jnp.issubdtype(a.dtype, jnp.integer):
+    return int(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64)), initial=0))
+  bits = {2: np.int16, 4: np.int32, 8: np.int64}[a.dtype.itemsize]
+  ia, ib = a.view(bits).astype(np.int64), b.view(bits).astype(np.int64)
+  sign = np.int64(1) << (8 * a.dtype.itemsize - 1)
+  ia = np.where(ia < 0, -(ia + sign), ia)  # sign-magnitude -> ordered integers
+  ib = np.where(ib < 0, -(ib + sign), ib)
+  return int(np.max(np.abs(ia - ib), initial=0))
+
+
+def relative_gap(actual, expected) -> float:
+  """``max |actual - expected| / max |expected|`` over the elements that differ.
+
+  Equal elements (infinities included: a float16 update can overflow on both
+  paths alike) do not count.
+  """
+  a, b = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  differ = (a != b) & ~(np.isnan(a) & np.isnan(b))
+  if not differ.any():
+    return 0.0
+  scale = np.max(np.abs(b[np.isfinite(b)]), initial=np.finfo(np.float64).tiny)
+  with np.errstate(invalid="ignore"):
+    return float(np.max(np.abs(a - b)[differ]) / scale)

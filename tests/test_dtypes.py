@@ -121,12 +121,14 @@ def _constant_gradient_updates(optimizer, dtype, steps):
   return jax.lax.scan(step, optimizer.init(params), length=steps)[1]
 
 
-def test_nu_dtype_float32_fixes_bfloat16_second_moment_stalling():
+def test_float32_nu_by_default_fixes_bfloat16_second_moment_stalling():
   """A constant gradient must give steps of exactly -lr; bfloat16 nu stalls."""
   steps = 3000
-  low = _constant_gradient_updates(adam_optax.adam(1e-3, mu_dtype=jnp.float32), jnp.bfloat16, steps)
+  low = _constant_gradient_updates(
+    adam_optax.adam(1e-3, mu_dtype=jnp.float32, nu_dtype=jnp.bfloat16), jnp.bfloat16, steps
+  )
   high = _constant_gradient_updates(
-    adam_optax.adam(1e-3, mu_dtype=jnp.float32, nu_dtype=jnp.float32), jnp.bfloat16, steps
+    adam_optax.adam(1e-3, mu_dtype=jnp.float32), jnp.bfloat16, steps
   )
   np.testing.assert_allclose(np.asarray(high, np.float32), -1e-3, rtol=1e-2)
   # The stalled bfloat16 EMA under-estimates v, so steps grow well past lr.

@@ -63,3 +63,16 @@ def test_donated_step_aliases_every_output_and_trains():
   assert aliased and aliased.group(1) == aliased.group(2), out
   start, end = (float(v) for v in re.search(r"loss ([\d.]+) -> ([\d.]+)", out).groups())
   assert end < 0.05 * start
+
+
+def test_equinox_from_torch_continues_torchs_run():
+  out = run_example("equinox_from_torch.py", "--torch-steps", "100", "--jax-steps", "30")
+  losses = {
+    who: float(loss)
+    for who, loss in re.findall(r"^(\w+: \d+ more steps[^,]*), loss ([\d.]+)", out, re.M)
+  }
+  converted = losses["equinox: 30 more steps with the converted state"]
+  assert abs(converted - losses["torch: 30 more steps"]) < 1e-4 * converted
+  assert losses["equinox: 30 more steps with a fresh state"] > 1.1 * converted  # the jolt
+  difference = float(re.search(r"max relative difference ([\d.e+-]+)", out).group(1))
+  assert difference < 1e-5

@@ -40,9 +40,7 @@ def test_state_counts_and_report_name_the_leaf():
   optimizer = adam_optax.skip_nonfinite(adam_optax.adamw(1e-2, weight_decay=0.1))
   params = {"layer1": {"b": jnp.zeros(2), "w": jnp.ones((2, 2))}, "out": jnp.ones(3)}
   state = optimizer.init(params)
-  assert adam_optax.nonfinite_report(state, params) == (
-    "no step skipped: every gradient was finite"
-  )
+  assert adam_optax.nonfinite_report(state, params) == ("no step skipped: nothing went NaN/inf")
   step = jax.jit(optimizer.update)
   good = jax.tree.map(jnp.ones_like, params)
   bad = {"layer1": {"b": jnp.ones(2), "w": jnp.full((2, 2), jnp.inf)}, "out": jnp.full(3, jnp.nan)}
@@ -80,3 +78,47 @@ def test_trees_without_leaves_and_bad_arguments():
   assert updates == {} and int(state.skipped) == 0
   with pytest.raises(TypeError, match=r"skip_nonfinite\(inner=...\): expected an optax"):
     adam_optax.skip_nonfinite(adam_optax.adam)
+
+
+def test_a_finite_gradient_that_overflows_the_second_moment_is_caught_and_named():
+  """|g| = 1e20 is finite, but g^2 is not (float32): Adam's nu would turn inf for good and the
+  param freeze. The default check looks at the new state and skips the step."""
+  params = {"a": jnp.zeros(2), "w": jnp.zeros(3)}
+  grads = {"a": jnp.ones(2), "w": jnp.array([1.0, 1e20, 1.0])}
+  optimizer = adam_optax.skip_nonfinite(adam_optax.adam(1e-2))
+  state = optimizer.init(params)
+  updates, state = optimizer.update(grads, state, params)
+  assert all(not np.any(u) for u in jax.tree.leaves(updates))
+  assert int(state.skipped) == 1 and int(state.inner_state[0].count) == 0
+  assert adam_optax.nonfinite_report(state, params) == (
+    "1 step skipped for a NaN/inf optimizer state (the gradients were finite); "
+    "in the last, 1 of 4 leaves, the first at [0].nu['w']"
+  )
+  # Checking the gradients alone (optax.apply_if_finite's rule) lets the overflow through.
+  unguarded = adam_optax.skip_nonfinite(adam_optax.adam(1e-2), check="gradients")
+  _, inner = unguarded.update(grads, unguarded.init(params), params)
+  assert int(inner.skipped) == 0 and np.isinf(np.asarray(inner.inner_state[0].nu["w"][1]))
+
+
+def test_nonfinite_updates_from_a_schedule_are_caught():
+  # A skipped step keeps the inner state, the schedule's count included: once it
+  # returns NaN at count 1, every later step is skipped too.
+  schedule = lambda count: jnp.where(count == 1, jnp.nan, 1e-2)  # noqa: E731
+  params = jnp.zeros(3)
+  for check, skipped in (("updates", 2), ("all", 2), ("gradients", 0)):
+    optimizer = adam_optax.skip_nonfinite(adam_optax.adam(schedule), check=check)
+    state = optimizer.init(params)
+    for _ in range(3):
+      updates, state = optimizer.update(jnp.ones(3), state, params)
+      params = optax.apply_updates(params, updates)
+    assert int(state.skipped) == skipped, check
+    assert np.isfinite(np.asarray(params)).all() == bool(skipped), check
+    params = jnp.zeros(3)
+  optimizer = adam_optax.skip_nonfinite(adam_optax.adam(schedule), check="updates")
+  state = optimizer.init(params)
+  for _ in range(2):
+    _, state = optimizer.update(jnp.ones(3), state, params)
+  assert adam_optax.nonfinite_report(state, params) == (
+    "1 step skipped for NaN/inf updates (the gradients were finite); "
+    "in the last, 1 of 1 leaves, the first at <root>"
+  )
