@@ -13,6 +13,11 @@ Compiler flags, and why:
 - ``-fno-math-errno``: lets ``sqrt`` be one instruction; without it the
   compiler keeps the library call (it may set ``errno``) and does not
   vectorise the loop, which then runs at half the speed.
+- ``-fno-trapping-math``: floating-point exceptions are not observed, so the
+  compiler may divide in every vector lane and then select (the ``eps = 0``
+  guard of ``safe_ratio``); otherwise it branches around the division per
+  element and the loop runs scalar, 4x slower. No result changes: every
+  operation is still the IEEE operation.
 - ``-ffp-contract=off``: no multiply-add is fused unless the source says so.
   The kernel reproduces XLA's results operation by operation, and fuses
   exactly where XLA does (``MulAdd`` in the source).
@@ -39,7 +44,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 SOURCE = ROOT / "csrc" / "adam_fused_cpu.cc"
 LIBRARY = "_adam_fused_cpu.so"  # adam_optax/_kernel.py loads this name
-FLAGS = ["-std=c++17", "-O3", "-fno-math-errno", "-ffp-contract=off", "-fPIC", "-shared"]
+FLAGS = [
+  "-std=c++17",
+  "-O3",
+  "-fno-math-errno",
+  "-fno-trapping-math",
+  "-ffp-contract=off",
+  "-fPIC",
+  "-shared",
+]
 
 
 def jaxlib_include() -> tuple[Path, str] | None:

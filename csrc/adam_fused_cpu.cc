@@ -267,7 +267,11 @@ __attribute__((always_inline)) inline void StageA(int64_t n, const C* __restrict
     m[i] = new_m;
     v[i] = new_v;
     // num.safe_ratio: 0 where the denominator is 0 (eps = 0, no gradient yet).
-    r[i] = denominator == C(0) ? C(0) : numerator / denominator;
+    // As there, the division always runs (by 1 in those lanes), so that the
+    // loop vectorises: a division under a condition would not.
+    const bool zero = denominator == C(0);
+    const C ratio = numerator / (zero ? C(1) : denominator);
+    r[i] = zero ? C(0) : ratio;
   }
 }
 
