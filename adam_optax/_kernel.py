@@ -137,14 +137,21 @@ class Call:
     return types
 
   def aliases(self) -> dict[int, int]:
-    """Operand -> result aliasing: the state (and p with APPLY) is updated in place."""
+    """Operand -> result aliasing: everything is updated in place.
+
+    The state over the state; with APPLY the params over the params, else the
+    updates over the gradients. (Where an operand is still needed afterwards,
+    e.g. gradients passed to a jitted step without donation, XLA copies it
+    first. Inside a training step the gradients are a temporary that nothing
+    else reads, and the updates then need no buffer of their own.)
+    """
     ins, outs = self.inputs_per_leaf, self.outputs_per_leaf
     pairs = {}
     for leaf in range(len(self.leaf_flags)):
       for k in range(1, outs):  # m, v, nu_max; operand 0 is the scalars
         pairs[1 + leaf * ins + k] = leaf * outs + k
-      if self.mode & APPLY:
-        pairs[1 + leaf * ins + ins - 1] = leaf * outs
+      out_operand = ins - 1 if self.mode & APPLY else 0  # p, or g
+      pairs[1 + leaf * ins + out_operand] = leaf * outs
     return pairs
 
 

@@ -27,8 +27,8 @@
 // Operands: scalars (kNumScalars values of the compute dtype), then per leaf
 //   g, m, v, [x = nu_max, with kAmsgrad], [p, with kHasParams].
 // Results per leaf: out (the update, or the new params with kApply), m, v, [x].
-// The state results alias their operands (input_output_aliases), as does out
-// with p under kApply: the step is in place.
+// The state results alias their operands (input_output_aliases), and out
+// aliases p under kApply, else g: the step is in place.
 
 #include <algorithm>
 #include <atomic>
