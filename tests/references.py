@@ -239,11 +239,15 @@ def units_apart(actual, expected) -> int:
   if jnp.issubdtype(a.dtype, jnp.integer):
     return int(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64)), initial=0))
   bits = {2: np.int16, 4: np.int32, 8: np.int64}[a.dtype.itemsize]
-  ia, ib = a.view(bits).astype(np.int64), b.view(bits).astype(np.int64)
-  sign = np.int64(1) << (8 * a.dtype.itemsize - 1)
-  ia = np.where(ia < 0, -(ia + sign), ia)  # sign-magnitude -> ordered integers
-  ib = np.where(ib < 0, -(ib + sign), ib)
-  return int(np.max(np.abs(ia - ib), initial=0))
+  magnitude = np.iinfo(bits).max
+  bits_a, bits_b = a.view(bits), b.view(bits)
+  mag_a, mag_b = (bits_a & magnitude).astype(np.int64), (bits_b & magnitude).astype(np.int64)
+  same_sign = (bits_a < 0) == (bits_b < 0)
+  # Same sign: the magnitudes' distance (exact); opposite signs: their sum (values far apart).
+  far = mag_a.astype(np.float64) + mag_b.astype(np.float64)
+  gaps = np.where(same_sign, np.abs(mag_a - mag_b).astype(np.float64), far)
+  gaps = np.where((mag_a == 0) & (mag_b == 0), 0.0, gaps)  # +0 and -0
+  return int(np.max(gaps, initial=0))
 
 
 def relative_gap(actual, expected) -> float:

@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 import adam_optax
 from adam_optax import _fused, _kernel
-from tests.references import relative_gap, units_apart
+from tests.references import relative_gap
 
 LOAD_ERROR = _kernel.load_error()
 pytestmark = pytest.mark.skipif(
@@ -132,9 +132,8 @@ def test_small_minor_dimensions_state_identical_updates_within_two_ulps(name, sc
   into an FMA than its vector code does (the kernel follows the vector code).
 
   The state is still bit-identical; updates differ by at most that one rounding,
-  relative to the largest update (``benchmarks/parity.py``: 2.4e-7 over 30 steps,
-  two float32 units in the last place), and so do the params after
-  ``update_and_apply``.
+  relative to the largest update (``benchmarks/parity.py --fused``: 3.0e-7 over
+  30 steps), and the params after ``update_and_apply`` by 2.6e-8.
   """
   rng = np.random.default_rng(0)
   params = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in SMALL_MINOR.items()}
@@ -184,32 +183,20 @@ def test_states_are_interchangeable_with_the_unfused_optimizer(name):
   _assert_bitwise(swapped, reference)
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
-@pytest.mark.parametrize("name", ["adam", "adamw", "nadamw", "amsgrad-torch", "adamax"])
-def test_half_precision_state_is_bit_identical_and_updates_within_one_unit(name, dtype):
-  """Half-precision params: XLA recomputes the moments inside the update's loop.
-
-  There XLA fuses the other product of ``b1 m + (1 - b1) g`` into an FMA than
-  in the loop that stores ``m``: within one XLA program the stored moment and
-  the one the step divides are rounded differently, where the kernel has one.
-  The state is the same bit for bit, so nothing accumulates; an update can
-  round to the neighbouring value of its dtype. ``benchmarks/parity.py``
-  measures it over 30 steps at gradient scales 1, 1e-2, 1e-6: at most one
-  unit in the last place of the largest update (bfloat16 7.6e-3, float16
-  9.5e-4, relative), and the params after ``update_and_apply`` identical.
-  """
-  params, grads = _tree(dtype), _grads(dtype, 1e-2, steps=8)
-  fused = _run(MEMBERS[name](fused=True), 1, params, grads)
-  xla = _run(MEMBERS[name](), 1, params, grads)
-  _assert_bitwise([s for _, s in fused], [s for _, s in xla])
-  for (ours, _), (theirs, _) in zip(fused, xla, strict=True):
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
-      if a.size:
-        assert relative_gap(a, b) <= float(jnp.finfo(dtype).eps)
-  fused = _run(MEMBERS[name](fused=True), 2, params, grads)
-  xla = _run(MEMBERS[name](), 2, params, grads)
-  for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(xla), strict=True):
-    assert units_apart(a, b) <= 1
+@pytest.mark.parametrize("level", [1, 2])
+@pytest.mark.parametrize(
+  ("dtype", "mu_dtype"),
+  [(jnp.bfloat16, None), (jnp.float16, None), (jnp.bfloat16, np.float32)],
+  ids=["bfloat16", "float16", "bfloat16-mu-float32"],
+)
+@pytest.mark.parametrize("name", ["adam", "adamw-masked-schedules", "nadamw", "amsgrad-torch"])
+def test_half_precision_params_are_bit_identical_too(name, dtype, mu_dtype, level):
+  """Half-precision params with the default float32 second moment: float32 math,
+  rounded to the params' dtype between the chain's maps as the chain rounds."""
+  params, grads = _tree(dtype), _grads(dtype, 1e-2, steps=6)
+  fused = _run(MEMBERS[name](fused=True, mu_dtype=mu_dtype), level, params, grads)
+  xla = _run(MEMBERS[name](mu_dtype=mu_dtype), level, params, grads)
+  _assert_bitwise(fused, xla)
 
 
 @pytest.mark.parametrize(
@@ -218,35 +205,29 @@ def test_half_precision_state_is_bit_identical_and_updates_within_one_unit(name,
     (np.float32, jnp.bfloat16, None),
     (np.float32, None, jnp.bfloat16),
     (np.float64, np.float32, np.float16),
-    (jnp.bfloat16, np.float32, np.float32),
   ],
-  ids=["f32-mu-bf16", "f32-nu-bf16", "f64-mu-f32-nu-f16", "bf16-moments-f32"],
+  ids=["f32-mu-bf16", "f32-nu-bf16", "f64-mu-f32-nu-f16"],
 )
-def test_moments_in_another_dtype_round_at_most_one_unit_apart(request, dtype, mu_dtype, nu_dtype):
-  """Moments stored in a coarser dtype than they are computed in.
+def test_moments_in_a_coarser_dtype_round_within_one_unit_of_it(request, dtype, mu_dtype, nu_dtype):
+  """Moments stored in a coarser dtype than the params'.
 
-  Where XLA fuses the other product of the moment's EMA, the stored moment can
-  round to the neighbouring value of its storage dtype, and the update moves
-  with it. Both are then equally valid roundings of the same step (the parity
-  suites hold both to the same references). ``benchmarks/parity.py`` measures
-  it over 30 steps of adam, adamw, nadamw, amsgrad and adamax at gradient
-  scales 1, 1e-2, 1e-6, largest gap relative to the largest value: updates
-  3.8e-3 (mu bfloat16), 1.9e-3 (nu bfloat16), 4.8e-3 (float64 params with
-  float32/float16 moments); state 8.1e-4, 4.0e-5, 4.0e-4; params after
-  ``update_and_apply`` 4.2e-7, 2.3e-7, 2.7e-7. bfloat16 params with float32
-  moments: identical.
+  XLA then computes the moment in the loop that stores it and again in the
+  loop of the update, with the other product of ``b1 m + (1 - b1) g`` fused
+  into an FMA: the stored moment can round to the neighbouring value of its
+  dtype, and the update moves with it. Both are equally valid roundings of the
+  same step (the parity suites hold both to the same references).
+  ``benchmarks/parity.py --fused`` measures, over 30 steps of five members at
+  three gradient scales, the largest gap relative to the largest value: state
+  8.1e-4 / 3.9e-5 / 4.0e-4 (one unit of bfloat16 or float16), updates 3.8e-3 /
+  1.9e-3 / 4.8e-3, params after ``update_and_apply`` 1.2e-6 / 3.3e-7 / 2.7e-7.
   """
   if dtype == np.float64:
     request.getfixturevalue("x64")
   kwargs = {"mu_dtype": mu_dtype, "nu_dtype": nu_dtype}
   params, grads = _tree(dtype), _grads(dtype, 1e-2, steps=8)
-  identical = dtype == jnp.bfloat16
-  for level, bound in ((1, 1e-2), (2, 1e-6)):
+  for level, bound in ((1, 1e-2), (2, 1e-5)):
     fused = _run(adam_optax.adamw(1e-3, fused=True, **kwargs), level, params, grads)
     xla = _run(adam_optax.adamw(1e-3, **kwargs), level, params, grads)
-    if identical:
-      _assert_bitwise(fused, xla)
-      continue
     for (out, state), (xla_out, xla_state) in zip(fused, xla, strict=True):
       for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(xla_out), strict=True):
         assert a.size == 0 or relative_gap(a, b) <= bound
