@@ -19,6 +19,9 @@ in rotating order), it times:
   ``adam_optax.update_and_apply`` with it, which also writes the params in place
   (one pass: read p, g, m, v; write p, m, v), on the tree and on buckets;
 - ``torch.optim.Adam`` with ``foreach=True`` and with ``fused=True``;
+- a floor: a donated jitted step that returns the params and Adam state it is
+  given, untouched: what passing the tree's arrays in and out of a jitted
+  function costs, before any arithmetic;
 - two bandwidth probes, each an in-place ``x + 1`` over a float32 buffer of
   3.5 elements per parameter, which reads and writes the same 28 bytes per
   parameter that a single-pass Adam step must move: a donated jitted
@@ -68,6 +71,7 @@ LEARNING_RATE = 1e-3
 RESULTS = Path(__file__).with_name("RESULTS.md")
 XLA_PROBE, TORCH_PROBE = "probe: jit(x + 1), donated", "probe: torch x.add_(1)"
 XLA_TREE = "adam_optax (tree)"
+FLOOR = "floor: jit returning the donated params and state (tree)"
 FUSED_TREE = "adam_optax update_and_apply (tree)"
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
 
@@ -159,6 +163,19 @@ def _torch_runner(name: str, arrays: list[np.ndarray], grads: list[np.ndarray], 
   return Runner(name, optimizer.step)
 
 
+def _floor_runner(tree: Any, state: Any, grads: Any) -> Runner:
+  """A donated jitted step that returns params and state untouched: the per-array cost floor."""
+  compiled = jax.jit(lambda p, s, g: (p, s), donate_argnums=(0, 1)).lower(tree, state, grads)
+  compiled = compiled.compile()
+  box = [tree, state]
+
+  def run() -> None:
+    box[0], box[1] = compiled(box[0], box[1], grads)
+    jax.tree.leaves(box[0])[0].block_until_ready()
+
+  return Runner(FLOOR, run)
+
+
 def _probe_runners(num_params: int) -> list[Runner]:
   """In-place ``x + 1`` over 28 bytes per parameter, by XLA and by torch."""
   length = math.ceil(num_params * BYTES_PER_PARAM / 8)
@@ -195,6 +212,7 @@ def make_runners(shapes: list[tuple[int, ...]], seed: int = 0) -> list[Runner]:
     _jax_runner(
       "adam_optax update_and_apply (bucketed)", fused, copy(buckets), bucket_grads, fused_step=True
     ),
+    _floor_runner(copy(tree), ours.init(tree), grads),
     _torch_runner("torch Adam foreach", arrays, grad_arrays, foreach=True),
     _torch_runner("torch Adam fused", arrays, grad_arrays, fused=True),
     *_probe_runners(sum(math.prod(s) for s in shapes)),

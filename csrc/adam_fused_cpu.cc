@@ -18,11 +18,11 @@
 // every operation is the IEEE operation XLA performs, so the results are
 // bit-identical to the XLA path (tests/test_fused.py checks it).
 //
-// One call updates a whole parameter tree: the buffers of every leaf are
-// passed as variadic operands. The work (the sum of the leaves' sizes) is cut
-// into chunks that the tasks scheduled on XLA's intra-op thread pool take in
-// turn; the handler returns a future that completes when the last chunk is
-// done.
+// One call updates many leaves: the buffers of every leaf are passed as
+// variadic operands. The work (the sum of the leaves' sizes) is cut into
+// chunks that the calling thread and tasks scheduled on XLA's intra-op thread
+// pool take in turn; the handler returns a future that completes when the
+// last chunk is done.
 //
 // Operands: scalars (kNumScalars values of the compute dtype), then per leaf
 //   g, m, v, [x = nu_max, with kAmsgrad], [p, with kHasParams].
@@ -654,15 +654,19 @@ ffi::Future Step(ffi::ThreadPool pool, ffi::AnyBuffer scalars, ffi::RemainingArg
   const int64_t target = (total + 4 * threads - 1) / (4 * threads);
   job->chunk = std::max(kMinChunk, (target + kBlock - 1) / kBlock * kBlock);
   job->num_chunks = (total + job->chunk - 1) / job->chunk;
+  // The calling thread takes chunks too: it would otherwise wait. Nobody waits
+  // for anybody: a task that starts late finds the chunks gone and returns.
   const int64_t tasks = std::min(threads, job->num_chunks);
   ffi::CountDownPromise done(tasks);
   ffi::Future future(done);
-  for (int64_t t = 0; t < tasks; ++t) {
+  for (int64_t t = 1; t < tasks; ++t) {
     pool.Schedule([job, done]() mutable {
       job->Work();
       done.CountDown();
     });
   }
+  job->Work();
+  done.CountDown();
   return future;
 }
 
