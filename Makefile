@@ -4,15 +4,20 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 KERNEL := adam_optax/_adam_fused_cpu.so
 
-.PHONY: install kernel test lint format example examples bench bench-quick bench-half clean
+.PHONY: install kernel test lint format docs example examples bench bench-quick bench-half bench-lm bench-lm-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test,examples,dev]"
 	touch $(STAMP)
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
 
 install: $(STAMP)
 
@@ -35,6 +40,11 @@ format: $(STAMP)
 test: lint kernel
 	$(BIN)/python -m pytest adam_optax tests README.md docs
 
+# The site, into site/: warnings are errors, and the examples and parity tables
+# are rerun (cached in build/docs-cache until their inputs change).
+docs: $(DOCS_STAMP)
+	$(BIN)/sphinx-build -b html -W --keep-going -q docs site
+
 example: $(STAMP)
 	$(BIN)/python examples/regression.py
 
@@ -50,5 +60,18 @@ bench-quick: $(STAMP) kernel
 bench-half: $(STAMP)
 	$(BIN)/python benchmarks/half_precision.py
 
+# The language-model benchmark of quantized state and stochastic rounding (issue 9):
+# needs torchao (the `bench` extra). The full run takes about an hour on 2 cores.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,examples,dev,bench]"
+	touch $(BENCH_STAMP)
+
+bench-lm: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/lm.py
+
+bench-lm-quick: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/lm.py --quick
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info $(KERNEL)
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist site *.egg-info docs/gallery docs/generated $(KERNEL)

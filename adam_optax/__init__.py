@@ -27,11 +27,16 @@ from adam_optax._learning_rate import ScaleByLrState as ScaleByLrState
 from adam_optax._learning_rate import scale_by_lr as scale_by_lr
 from adam_optax._moments import ScaleByMomentsState as ScaleByMomentsState
 from adam_optax._moments import scale_by_moments as scale_by_moments
+from adam_optax._quantize import QuantizedArray as QuantizedArray
+from adam_optax._quantized import QuantizedState as QuantizedState
+from adam_optax._quantized import quantized as quantized
 from adam_optax._sharding import StateMemory as StateMemory
 from adam_optax._sharding import init_sharded as init_sharded
 from adam_optax._sharding import sharded_train_step as sharded_train_step
 from adam_optax._sharding import state_memory as state_memory
 from adam_optax._sharding import state_shardings as state_shardings
+from adam_optax._stochastic_rounding import StochasticRoundingState as StochasticRoundingState
+from adam_optax._stochastic_rounding import stochastic_rounding as stochastic_rounding
 from adam_optax._weight_decay import AddDecayedWeightsState as AddDecayedWeightsState
 from adam_optax._weight_decay import add_decayed_weights as add_decayed_weights
 
@@ -41,10 +46,13 @@ __all__ = [
   "AddDecayedWeightsState",
   "BiasCorrectionState",
   "BucketLayout",
+  "QuantizedArray",
+  "QuantizedState",
   "ScaleByLrState",
   "ScaleByMomentsState",
   "SkipNonfiniteState",
   "StateMemory",
+  "StochasticRoundingState",
   "adam",
   "adamax",
   "adamw",
@@ -56,6 +64,7 @@ __all__ = [
   "nadam",
   "nadamw",
   "nonfinite_report",
+  "quantized",
   "restore_target",
   "scale_by_lr",
   "scale_by_moments",
@@ -66,5 +75,6 @@ __all__ = [
   "state_memory",
   "state_shardings",
   "state_to_torch",
+  "stochastic_rounding",
   "update_and_apply",
 ]

@@ -66,6 +66,12 @@ def adam(
   Returns:
     An :class:`optax.GradientTransformation`.
 
+  Raises:
+    ValueError: a hyperparameter outside its range or not a number, named in
+      the message (``b1`` and ``b2`` are checked as rounded to the precision
+      the update is computed in).
+    TypeError: a flag (``nesterov``) that is not a bool.
+
   Examples:
     >>> import jax.numpy as jnp
     >>> import optax

@@ -56,6 +56,18 @@ def bias_correction(b1: Any = 0.9, b2: Any = 0.999) -> optax.GradientTransformat
     An :class:`optax.GradientTransformation` with state
     :class:`BiasCorrectionState`.
 
+  Raises:
+    ValueError: ``b1`` or ``b2`` outside ``[0, 1)``, or neither a number nor
+      ``None``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adam_optax
+    >>> correct = adam_optax.bias_correction(b1=0.9, b2=0.999)
+    >>> updates, state = correct.update(jnp.ones(1), correct.init(jnp.zeros(1)))
+    >>> updates  # step 1: sqrt(1 - b2) / (1 - b1), with b2 = 0.999 as float32 holds it
+    Array([0.31622565], dtype=float32)
+
   References:
     Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015,
     https://arxiv.org/abs/1412.6980, Section 3.

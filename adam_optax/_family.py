@@ -74,6 +74,13 @@ def adamw(
   Returns:
     An :class:`optax.GradientTransformation`; ``update`` needs ``params``.
 
+  Raises:
+    ValueError: a hyperparameter outside its range or not a number, named in
+      the message (``b1`` and ``b2`` are checked as rounded to the precision
+      the update is computed in); ``weight_decay=None``; at ``init``, a
+      ``mask`` that does not fit the params.
+    TypeError: ``nesterov`` that is not a bool.
+
   Examples:
     >>> import jax.numpy as jnp
     >>> import optax
@@ -163,6 +170,25 @@ def nadam(
   Returns:
     An :class:`optax.GradientTransformation`.
 
+  Raises:
+    ValueError: a hyperparameter outside its range or not a number, named in
+      the message (``b1`` and ``b2`` are checked as rounded to the precision
+      the update is computed in).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import adam_optax
+    >>> params, grads = jnp.array([1.0, -2.0]), jnp.array([0.5, -3.0])
+    >>> ours, theirs = adam_optax.nadam(0.1), optax.nadam(0.1)
+    >>> a, _ = ours.update(grads, ours.init(params))
+    >>> b, _ = theirs.update(grads, theirs.init(params))
+    >>> bool(jnp.allclose(a, b))  # optax's NAdam
+    True
+    >>> as_torch = adam_optax.nadam(0.1, momentum_decay=4e-3)  # torch.optim.NAdam's
+    >>> as_torch.update(grads, as_torch.init(params))[0]
+    Array([-0.10564516,  0.10564514], dtype=float32)
+
   References:
     Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR workshop 2016,
     https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ.
@@ -217,6 +243,24 @@ def nadamw(
 
   Returns:
     An :class:`optax.GradientTransformation`; ``update`` needs ``params``.
+
+  Raises:
+    ValueError: a hyperparameter outside its range or not a number, named in
+      the message (``b1`` and ``b2`` are checked as rounded to the precision
+      the update is computed in); ``weight_decay=None``; at ``init``, a
+      ``mask`` that does not fit the params.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import adam_optax
+    >>> params, grads = jnp.array([1.0, -2.0]), jnp.array([0.5, -3.0])
+    >>> ours = adam_optax.nadamw(0.1, weight_decay=0.5)
+    >>> theirs = optax.nadamw(0.1, weight_decay=0.5)
+    >>> a, _ = ours.update(grads, ours.init(params), params)
+    >>> b, _ = theirs.update(grads, theirs.init(params), params)
+    >>> bool(jnp.allclose(a, b))
+    True
 
   References:
     Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR workshop 2016.
@@ -318,6 +362,11 @@ def amsgrad(
     An :class:`optax.GradientTransformation`; the state keeps the maximum in
     ``ScaleByMomentsState.nu_max``.
 
+  Raises:
+    ValueError: a hyperparameter outside its range or not a number, named in
+      the message (``b1`` and ``b2`` are checked as rounded to the precision
+      the update is computed in); an unknown ``convention``.
+
   Examples:
     >>> import jax.numpy as jnp
     >>> import optax
@@ -384,6 +433,11 @@ def adamax(
   Returns:
     An :class:`optax.GradientTransformation`; :math:`u_t` is kept in
     ``ScaleByMomentsState.nu``.
+
+  Raises:
+    ValueError: a hyperparameter outside its range or not a number, named in
+      the message (``b1`` and ``b2`` are checked as rounded to the precision
+      the update is computed in).
 
   Examples:
     >>> import jax.numpy as jnp

@@ -173,6 +173,19 @@ def nonfinite_report(state: SkipNonfiniteState, grads_like: optax.Updates) -> st
     A one-line description, e.g. ``"2 steps skipped for NaN/inf gradients;
     in the last, 1 of 8 leaves, the first at ['layer1']['w']"``, or a line
     saying that no step was skipped.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adam_optax
+    >>> optimizer = adam_optax.skip_nonfinite(adam_optax.adam(1e-3))
+    >>> params = {"b": jnp.zeros(2), "w": jnp.zeros(2)}
+    >>> state = optimizer.init(params)
+    >>> adam_optax.nonfinite_report(state, params)
+    'no step skipped: nothing went NaN/inf'
+    >>> grads = {"b": jnp.ones(2), "w": jnp.array([jnp.nan, 1.0])}
+    >>> _, state = optimizer.update(grads, state, params)
+    >>> adam_optax.nonfinite_report(state, params)
+    "1 step skipped for NaN/inf gradients; in the last, 1 of 2 leaves, the first at ['w']"
   """
   skipped = int(state.skipped)
   if skipped == 0:

@@ -586,6 +586,21 @@ def state_to_torch(
       ``eps_root != 0``, complex params, an injected hyperparameter that
       cannot be read, members of different torch classes); ``optax.MultiSteps``
       is in the middle of accumulating.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import torch
+    >>> import adam_optax
+    >>> optimizer = adam_optax.adam(0.1)
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = optimizer.init(params)
+    >>> _, state = optimizer.update(jnp.array([0.5, -3.0]), state)
+    >>> exported = adam_optax.state_to_torch(optimizer, state, params)
+    >>> weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    >>> torch_optimizer = torch.optim.Adam([weight], lr=0.1)
+    >>> torch_optimizer.load_state_dict(exported)
+    >>> torch_optimizer.state[weight]["exp_avg"]
+    tensor([ 0.0500, -0.3000])
   """
   import torch
 

@@ -121,6 +121,11 @@ def update_and_apply(
   Returns:
     ``(new_params, new_state)``.
 
+  Raises:
+    ValueError: ``params`` is ``None`` for a fused optimizer; and whatever
+      ``optimizer.update`` raises (a gradient tree or state that does not fit,
+      named by the leaf's path).
+
   Examples:
     >>> import jax, jax.numpy as jnp
     >>> import adam_optax

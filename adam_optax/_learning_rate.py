@@ -41,6 +41,22 @@ def scale_by_lr(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransfor
     An :class:`optax.GradientTransformation`; its state is
     :class:`optax.EmptyState` for a constant rate and :class:`ScaleByLrState`
     for a schedule.
+
+  Raises:
+    ValueError: ``learning_rate`` negative, not finite, or neither a number
+      nor a callable.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import adam_optax
+    >>> lr = adam_optax.scale_by_lr(optax.linear_schedule(1.0, 0.0, 10))
+    >>> state = lr.init(jnp.zeros(2))
+    >>> updates, state = lr.update(jnp.array([1.0, -2.0]), state)
+    >>> updates  # -schedule(0) * u
+    Array([-1.,  2.], dtype=float32)
+    >>> lr.update(jnp.array([1.0, -2.0]), state)[0]  # -schedule(1) * u
+    Array([-0.9,  1.8], dtype=float32)
   """
   owner = "scale_by_lr"
   learning_rate = check_rate(owner, "learning_rate", learning_rate)

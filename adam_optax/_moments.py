@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from adam_optax import _numerics as num
+from adam_optax._stochastic_rounding import check_seed, round_stochastically, step_key
 from adam_optax._trees import (
   check_fits_state,
   check_inexact_leaves,
@@ -90,6 +91,7 @@ def scale_by_moments(
   amsgrad: bool = False,
   nu_correction: NuCorrection | None = None,
   infinity_norm: bool = False,
+  rounding_seed: int | None = None,
 ) -> optax.GradientTransformation:
   r"""Keeps Adam's moment EMAs and emits their normalised ratio.
 
@@ -155,6 +157,10 @@ def scale_by_moments(
   second moment is kept in float32 unless ``nu_dtype`` says otherwise (see
   below). With ``eps = 0`` an entry whose second moment is 0 (no gradient yet,
   or one so small that its square underflows) gets a zero step, not ``0/0``.
+  With ``rounding_seed``, moments stored in bfloat16 or float16 are rounded
+  stochastically (:func:`adam_optax.stochastic_rounding`'s rounding, keyed by
+  the seed, the step and the leaf), so that increments smaller than half a
+  unit in the last place accumulate in expectation instead of being lost.
 
   Args:
     b1: decay of the first-moment EMA, in ``[0, 1)``.
@@ -183,10 +189,31 @@ def scale_by_moments(
     nu_correction: ``"downstream"``, ``"inside"`` or ``"none"``, see above;
       ``None`` picks ``"downstream"`` (``"none"`` with ``infinity_norm``).
     infinity_norm: use AdaMax's infinity norm instead of the second moment.
+    rounding_seed: ``None`` rounds half-precision moments to nearest; an int
+      in ``[0, 2**32)`` rounds them stochastically, keyed by it.
 
   Returns:
     An :class:`optax.GradientTransformation` with state
     :class:`ScaleByMomentsState`.
+
+  Raises:
+    ValueError: a hyperparameter outside its range or not a number, named in
+      the message; an unknown ``nu_correction``; ``momentum_decay`` without
+      ``nesterov``; ``infinity_norm`` with a ``nu_correction`` other than
+      ``"none"`` or a nonzero ``eps_root``.
+    TypeError: a flag (``nesterov``, ``amsgrad``, ``infinity_norm``) that is
+      not a bool.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adam_optax
+    >>> moments = adam_optax.scale_by_moments(b1=0.9, b2=0.999, eps=0.0)
+    >>> state = moments.init(jnp.zeros(2))
+    >>> ratio, state = moments.update(jnp.array([0.5, -3.0]), state)
+    >>> ratio  # step 1: (1 - b1) g / sqrt((1 - b2) g^2), before bias correction
+    Array([ 3.1622987, -3.1622987], dtype=float32)
+    >>> int(state.count), state.mu.dtype, state.nu.dtype
+    (1, dtype('float32'), dtype('float32'))
 
   References:
     Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015,
@@ -234,6 +261,8 @@ def scale_by_moments(
         "norm has no zero-initialisation bias; nu_correction must be 'none'"
       )
     check_zero(owner, "eps_root", eps_root, "with infinity_norm=True (it has no root)")
+  if rounding_seed is not None:
+    check_seed(owner, "rounding_seed", rounding_seed)
 
   def init_fn(params: optax.Params) -> ScaleByMomentsState:
     check_inexact_leaves(f"{owner}.init", params, "param")
@@ -257,11 +286,20 @@ def scale_by_moments(
     # and compiles the same scalar arithmetic 4096 times (NAdam's series too).
     scalars = functools.cache(functools.partial(step_scalars, options, count))
 
-    def leaf(grad: Any, mu: jax.Array, nu: jax.Array, nu_max: Any = None):
-      return update_leaf(options.leaf, scalars, grad, mu, nu, nu_max)
+    def store(x: jax.Array, dtype: Any, index: int, slot: int) -> jax.Array:
+      """``x`` in the state's ``dtype``, rounded stochastically if so asked."""
+      if rounding_seed is None or num.compute_dtype(dtype) == dtype:
+        return x.astype(dtype)
+      key = jax.random.fold_in(jax.random.fold_in(step_key(rounding_seed, count), index), slot)
+      return round_stochastically(x.astype(jnp.float32), dtype, key)
+
+    def leaf(index: int, grad: Any, mu: jax.Array, nu: jax.Array, nu_max: Any = None):
+      keep = functools.partial(store, index=index)
+      return update_leaf(options.leaf, scalars, grad, mu, nu, nu_max, store=keep)
 
     extra = (state.nu_max,) if amsgrad else ()
-    out = jax.tree.map(leaf, updates, state.mu, state.nu, *extra)
+    indices = jax.tree.unflatten(jax.tree.structure(updates), range(len(jax.tree.leaves(updates))))
+    out = jax.tree.map(leaf, indices, updates, state.mu, state.nu, *extra)
 
     def column(index: int) -> optax.Updates:  # also right for trees with no leaves
       return jax.tree.map(lambda _, results: results[index], updates, out)
@@ -368,12 +406,18 @@ def update_leaf(
   mu: jax.Array,
   nu: jax.Array,
   nu_max: Any = None,
+  *,
+  store: Callable[..., jax.Array] | None = None,
 ) -> tuple[jax.Array, ...]:
   """One leaf's ``(ratio, new mu, new nu[, new nu_max])``; ``scalars(dtype)`` this step's.
 
-  The fused kernel (``csrc/adam_fused_cpu.cc``) performs these operations in
-  this order; keep the two in step.
+  ``store(x, dtype, slot=...)`` casts a new moment to its state dtype (``None``:
+  ``x.astype(dtype)``; :func:`scale_by_moments` passes its stochastic
+  rounding). The fused kernel (``csrc/adam_fused_cpu.cc``) performs these
+  operations in this order; keep the two in step.
   """
+  if store is None:
+    store = _cast
   grad = jnp.asarray(grad)  # Python floats are leaves too
   out_dtype = grad.dtype
   if jnp.iscomplexobj(mu) and not jnp.iscomplexobj(grad):  # a real gradient, complex param
@@ -391,11 +435,17 @@ def update_leaf(
   kept: tuple[jax.Array, ...] = ()
   if options.amsgrad:
     second = jnp.maximum(nu_max.astype(real), second)
-    kept = (second.astype(nu_max.dtype),)
+    kept = (store(second, nu_max.dtype, slot=2),)
   denominator = second if options.infinity_norm else jnp.sqrt(second + k.eps_root) + k.eps
   numerator = k.weight_mu * new_mu + k.weight_g * g if options.nesterov else new_mu
   ratio = num.safe_ratio(numerator, denominator.astype(dtype))
-  return (ratio.astype(out_dtype), new_mu.astype(mu.dtype), new_nu.astype(nu.dtype), *kept)
+  new_mu, new_nu = store(new_mu, mu.dtype, slot=0), store(new_nu, nu.dtype, slot=1)
+  return (ratio.astype(out_dtype), new_mu, new_nu, *kept)
+
+
+def _cast(x: jax.Array, dtype: Any, slot: int) -> jax.Array:
+  del slot
+  return x.astype(dtype)
 
 
 def _check_state_dtypes(

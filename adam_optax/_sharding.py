@@ -308,6 +308,17 @@ def init_sharded(
 
   Raises:
     ValueError: ``shardings`` does not have the structure of the state.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> import adam_optax
+    >>> mesh = jax.make_mesh((8,), ("data",))
+    >>> params = {"w": jnp.zeros((16, 3))}
+    >>> optimizer = adam_optax.adam(1e-3)
+    >>> shardings = adam_optax.state_shardings(optimizer, params, mesh, zero1_axis="data")
+    >>> state = adam_optax.init_sharded(optimizer, params, shardings)
+    >>> state[0].mu["w"].sharding.spec, state[0].mu["w"].addressable_shards[0].data.shape
+    (P('data',), (2, 3))
   """
   _check_optimizer("init_sharded", optimizer)
   state_def: Any = jax.tree.structure(jax.eval_shape(optimizer.init, _abstract(params)))
@@ -389,6 +400,31 @@ def sharded_train_step(
     function over several devices kills the interpreter with a segmentation
     fault instead of raising. The check costs one flag read per leaf;
     ``step.jitted`` is the unchecked function.
+
+  Raises:
+    ValueError: with ``donate=True``, when the step is given an array that an
+      earlier donated call deleted (naming the leaf).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jax.sharding import NamedSharding, PartitionSpec as P
+    >>> import adam_optax
+    >>> mesh = jax.make_mesh((8,), ("data",))
+    >>> params = {"w": jnp.zeros((16, 3))}
+    >>> optimizer = adam_optax.adam(1e-2)
+    >>> shardings = adam_optax.state_shardings(optimizer, params, mesh, zero1_axis="data")
+    >>> state = adam_optax.init_sharded(optimizer, params, shardings)
+    >>> loss_fn = lambda params, x: jnp.mean((x @ params["w"] - 1.0) ** 2)
+    >>> step = adam_optax.sharded_train_step(
+    ...     loss_fn, optimizer, mesh, shardings, NamedSharding(mesh, P("data")))
+    >>> old = params
+    >>> params, state, loss = step(params, state, jnp.ones((8, 16)))
+    >>> float(loss)
+    1.0
+    >>> step(old, state, jnp.ones((8, 16)))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ...
   """
   if isinstance(param_shardings, Mesh):
     param_shardings = NamedSharding(param_shardings, PartitionSpec())
@@ -475,6 +511,19 @@ def state_memory(tree: PyTree, shardings: PyTree | None = None) -> StateMemory:
 
   Raises:
     ValueError: a leaf has no sharding.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jax.sharding import NamedSharding, PartitionSpec as P
+    >>> import adam_optax
+    >>> mesh = jax.make_mesh((8,), ("data",))
+    >>> split, whole = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    >>> tree = {  # abstract: nothing is allocated
+    ...     "w": jax.ShapeDtypeStruct((16, 3), jnp.float32, sharding=split),
+    ...     "b": jax.ShapeDtypeStruct((3,), jnp.float32, sharding=whole)}
+    >>> memory = adam_optax.state_memory(tree)
+    >>> memory.total_bytes, memory.max_device_bytes, memory.whole_leaves
+    (204, 36, ("['b']",))
   """
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   if shardings is None:

@@ -58,6 +58,21 @@ def add_decayed_weights(
     :class:`AddDecayedWeightsState` for a schedule (inside
     :class:`optax.MaskedState` with a mask).
 
+  Raises:
+    ValueError: ``weight_decay`` negative, not finite, or neither a number
+      nor a callable; at ``init``, a ``mask`` that does not fit the params.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import adam_optax
+    >>> params = jnp.array([1.0, -2.0])
+    >>> decay = adam_optax.add_decayed_weights(0.1)
+    >>> updates, _ = decay.update(jnp.zeros(2), decay.init(params), params)
+    >>> updates  # u + 0.1 * params
+    Array([ 0.1, -0.2], dtype=float32)
+    >>> coupled_l2 = optax.chain(decay, adam_optax.adam(1e-3))  # torch Adam's weight_decay
+
   References:
     Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019,
     https://arxiv.org/abs/1711.05101.

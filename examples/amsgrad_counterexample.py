@@ -12,11 +12,12 @@ point. AMSGrad's running maximum remembers the large gradient and converges to
 :math:`-1`. Each step is projected back onto :math:`[-1, 1]`.
 
 Run it as a script: it prints the final :math:`x` of each optimizer and saves a
-plot of :math:`x_t` to ``examples/out/amsgrad_counterexample.png``.
+plot of :math:`x_t` (``--out``, by default ``examples/out/amsgrad_counterexample.png``).
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +32,6 @@ C = 3.0
 B2_THEOREM1 = 1.0 / (1.0 + C**2)
 ALPHA = 0.5
 STEPS = 3000
-OUT = Path(__file__).resolve().parent / "out" / "amsgrad_counterexample.png"
 
 
 def theorem1_gradient(t: jax.Array) -> jax.Array:
@@ -77,6 +77,9 @@ def theorem1_optimizers(alpha: float = ALPHA) -> dict[str, optax.GradientTransfo
 
 
 def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", type=Path, default=Path("examples/out/amsgrad_counterexample.png"))
+  args = parser.parse_args()
   import matplotlib
 
   matplotlib.use("Agg")
@@ -93,9 +96,9 @@ def main() -> None:
   axes.axhline(-1.0, color="gray", linestyle=":", label="optimum x = -1")
   axes.set(xlabel="t", ylabel="$x_t$", title=f"Reddi et al. (2018), Theorem 1, C = {C:g}")
   axes.legend()
-  OUT.parent.mkdir(parents=True, exist_ok=True)
-  figure.savefig(OUT, dpi=120, bbox_inches="tight")
-  print(f"plot saved to {OUT}")
+  args.out.parent.mkdir(parents=True, exist_ok=True)
+  figure.savefig(args.out, dpi=120, bbox_inches="tight")
+  print(f"plot saved to {args.out}")
 
 
 if __name__ == "__main__":

@@ -49,12 +49,13 @@ def test_flax_mlp_trains_both_optimizers_and_writes_the_plot(tmp_path):
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_amsgrad_counterexample_prints_both_endpoints_and_saves_the_plot():
-  lines = run_example("amsgrad_counterexample.py").splitlines()
+def test_amsgrad_counterexample_prints_both_endpoints_and_saves_the_plot(tmp_path):
+  png = tmp_path / "amsgrad.png"
+  lines = run_example("amsgrad_counterexample.py", "--out", str(png)).splitlines()
   assert "Adam: final x = +1.0000" in lines
   assert any(line.startswith("AMSGrad: final x = -0.99") for line in lines), lines
-  saved = Path(lines[-1].removeprefix("plot saved to "))
-  assert saved.suffix == ".png" and saved.stat().st_size > 10_000
+  assert lines[-1] == f"plot saved to {png}"
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def test_donated_step_aliases_every_output_and_trains():

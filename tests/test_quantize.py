@@ -1,0 +1,130 @@
+"""The block-wise quantizer: error bounds per block, edge values, packing, shapes and dtypes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adam_optax import _quantize
+
+MAPS = [(bits, signed) for bits in (8, 4) for signed in (True, False)]
+
+
+def _blocks_of_many_scales(signed: bool, blocks: int, block: int, seed: int = 0) -> np.ndarray:
+  """Each block at its own scale (1e-30 to 1e30), with entries spread over 6 decades."""
+  rng = np.random.default_rng(seed)
+  scale = 10.0 ** rng.uniform(-30, 30, (blocks, 1))
+  magnitude = 10.0 ** rng.uniform(-6, 0, (blocks, block))
+  sign = rng.choice([-1.0, 1.0], (blocks, block)) if signed else 1.0
+  return (scale * magnitude * sign).astype(np.float32)
+
+
+@pytest.mark.parametrize(("bits", "signed"), MAPS)
+def test_each_element_decodes_to_a_neighbouring_level(bits, signed, strict_promotion):
+  """The bound: |x - x_hat| <= (gap between the two levels around x / s_b) * s_b, per block.
+
+  Stronger than an error bound: the decoded value must be one of the two map levels
+  that bracket the normalised input (or the lowest level below it, unsigned).
+  """
+  block = 256 if bits == 8 else 128
+  x = _blocks_of_many_scales(signed, 24, block)
+  q = _quantize.encode(jnp.asarray(x), bits, signed=signed, block_size=block)
+  decoded = np.asarray(q.dequantize(), np.float64).reshape(24, block)
+  scale = np.abs(x).max(axis=1, keepdims=True).astype(np.float64)
+  np.testing.assert_array_equal(np.asarray(q.scales), scale[:, 0].astype(np.float32))
+  table = _quantize.levels(bits, signed)
+  y = x / scale
+  below = table[np.clip(np.searchsorted(table, y, side="right") - 1, 0, len(table) - 1)]
+  above = table[np.clip(np.searchsorted(table, y, side="left"), 0, len(table) - 1)]
+  got = decoded / scale
+  tolerance = 1e-6 * np.abs(got) + 1e-30
+  on_level = (np.abs(got - below) <= tolerance) | (np.abs(got - above) <= tolerance)
+  assert on_level.all(), (got[~on_level][:5], y[~on_level][:5])
+  gaps = np.diff(table).max()
+  assert np.all(np.abs(decoded - x) <= gaps * scale * (1 + 1e-6))
+
+
+@pytest.mark.parametrize(("bits", "signed"), MAPS)
+def test_levels_times_scale_round_trip_to_float32_rounding(bits, signed):
+  table = _quantize.levels(bits, signed)
+  x = np.float32(2.0**-3) * np.concatenate([table, table]).astype(np.float32)  # an even block
+  q = _quantize.encode(jnp.asarray(x), bits, signed=signed, block_size=len(x))
+  np.testing.assert_allclose(np.asarray(q.dequantize()), x, rtol=3e-7, atol=0)
+
+
+@pytest.mark.parametrize(("bits", "signed"), MAPS)
+def test_zero_blocks_equal_blocks_and_denormals(bits, signed):
+  block = 256 if bits == 8 else 128
+  tiny = np.float32(1e-39)  # a float32 subnormal: XLA:CPU flushes it to zero
+  rows = [
+    np.zeros(block),
+    np.full(block, 3.5),
+    np.full(block, tiny),
+    np.concatenate([np.full(block // 2, tiny), np.full(block // 2, 2.0)]),
+  ]
+  if signed:
+    rows.append(np.full(block, -0.75))
+  x = np.stack(rows).astype(np.float32)
+  decoded = np.asarray(
+    _quantize.encode(jnp.asarray(x), bits, signed=signed, block_size=block).dequantize()
+  )
+  np.testing.assert_array_equal(decoded[0], 0.0)  # zeros stay exactly zero, even unsigned
+  np.testing.assert_array_equal(decoded[1], 3.5)  # a block of equal values is exact
+  assert np.all(np.abs(decoded[2]) <= tiny)  # subnormals: at most their own size off
+  np.testing.assert_array_equal(decoded[3, block // 2 :], 2.0)
+  lowest = 0.0 if signed else 2.0 * _quantize.levels(bits, signed)[0]  # unsigned: zero excluded
+  np.testing.assert_allclose(decoded[3, : block // 2], lowest, rtol=1e-6)
+  if signed:
+    np.testing.assert_array_equal(decoded[4], -0.75)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize(("bits", "signed"), MAPS)
+def test_a_non_finite_entry_poisons_its_block_visibly_and_only_its_block(bits, signed, bad):
+  block = 256 if bits == 8 else 128
+  x = _blocks_of_many_scales(signed, 3, block)
+  x[1, 7] = bad
+  q = _quantize.encode(jnp.asarray(x), bits, signed=signed, block_size=block)
+  assert np.isnan(np.asarray(q.scales)[1]) and np.isfinite(np.asarray(q.scales)[[0, 2]]).all()
+  decoded = np.asarray(q.dequantize())
+  assert np.isnan(decoded[1]).all()  # never silently finite
+  assert np.isfinite(decoded[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("shape", [(), (1,), (7,), (3, 5, 11), (300, 2)])
+def test_shapes_padding_packing_and_dtypes(shape, bits, dtype):
+  block = 64
+  x = jax.random.normal(jax.random.key(0), shape, jnp.float32).astype(dtype)
+  q = _quantize.encode(x, bits, signed=True, block_size=block)
+  size = int(np.prod(shape))
+  n_blocks = max(1, -(-size // block))
+  assert q.codes.dtype == jnp.uint8 and q.codes.shape == (n_blocks * block * bits // 8,)
+  assert q.scales.shape == (n_blocks,) and q.scales.dtype == jnp.float32
+  assert q.block_size == block
+  out = q.dequantize()
+  assert out.shape == shape and out.dtype == dtype
+  exact = np.asarray(x, np.float32)
+  gap = np.diff(_quantize.levels(bits, True)).max()
+  rounding = float(jnp.finfo(dtype).eps)  # storing the decoded value back in dtype
+  bound = (gap + rounding) * np.abs(exact).max(initial=0.0)
+  assert np.abs(np.asarray(out, np.float32) - exact).max(initial=0.0) <= bound
+
+
+def test_four_bit_codes_pack_two_per_byte_low_nibble_first():
+  x = jnp.asarray(_quantize.levels(4, False), jnp.float32)  # codes 0, 1, ..., 15 in order
+  q = _quantize.encode(x, 4, signed=False, block_size=16)
+  expected = np.arange(0, 16, 2) | (np.arange(1, 16, 2) << 4)
+  np.testing.assert_array_equal(np.asarray(q.codes), expected)
+
+
+def test_quantized_array_is_a_pytree_of_two_arrays_and_jits():
+  q = _quantize.encode(jnp.arange(1000.0), 8, signed=True, block_size=256)
+  leaves, treedef = jax.tree.flatten(q)
+  assert [leaf.dtype for leaf in leaves] == [jnp.uint8, jnp.float32]
+  again = jax.tree.unflatten(treedef, leaves)
+  assert (again.array_shape, again.bits, again.signed) == ((1000,), 8, True)
+  np.testing.assert_array_equal(jax.jit(_quantize.decode)(q), q.dequantize())
