@@ -270,9 +270,12 @@ def table(name: str, shapes: list[tuple[int, ...]], runners: list[Runner]) -> st
     t = median[r.name]
     compile_s = "" if r.compile_s is None else f"{r.compile_s:.2f} s"
     temp = "" if r.temp_bytes is None else f"{r.temp_bytes / 2**20:.1f} MiB"
-    gbs = num_params * BYTES_PER_PARAM / t / 1e9
+    gbs = f"{num_params * BYTES_PER_PARAM / t / 1e9:.1f}"
+    share = f"{100 * probe / t:.0f} %"
+    if r.name == FLOOR:  # moves no parameter data: no bandwidth to speak of
+      gbs = share = ""
     lines.append(
-      f"| {r.name} | {_fmt_time(t)} | {compile_s} | {gbs:.1f} | {100 * probe / t:.0f} % "
+      f"| {r.name} | {_fmt_time(t)} | {compile_s} | {gbs} | {share} "
       f"| {optax_s / t:.2f} | {xla_s / t:.2f} | {fused_s / t:.2f} | {temp} |"
     )
   return "\n".join(lines)
