@@ -11,8 +11,10 @@ suites, which run with ``fused`` both ways.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -345,6 +347,19 @@ def test_without_the_library_fused_warns_and_is_the_xla_chain(monkeypatch, tmp_p
     _kernel.load_error.cache_clear()
   params, grads = _tree(np.float32), _grads(np.float32, 1e-2)
   _assert_bitwise(_run(optimizer, 2, params, grads), _run(adam_optax.adam(1e-3), 2, params, grads))
+
+
+def test_the_build_skips_the_kernel_without_a_compiler(tmp_path):
+  """hatch_build.compile_kernel reports why instead of failing the install."""
+  root = Path(__file__).resolve().parents[1]
+  spec = importlib.util.spec_from_file_location("hatch_build", root / "hatch_build.py")
+  hatch_build = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(hatch_build)
+  output = tmp_path / "kernel.so"
+  error = hatch_build.compile_kernel(output, compiler=str(tmp_path / "no-such-c++"))
+  assert error is not None and "no C++ compiler" in error
+  assert not output.exists()
+  assert "-ffast-math" not in hatch_build.FLAGS and "-ffp-contract=off" in hatch_build.FLAGS
 
 
 def test_a_library_for_a_newer_jaxlib_is_refused(monkeypatch):
