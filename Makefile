@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
+KERNEL := adam_optax/_adam_fused_cpu.so
 
-.PHONY: install test lint format docs example examples bench bench-quick bench-half bench-lm bench-lm-quick clean
+.PHONY: install kernel test lint format docs example examples bench bench-quick bench-half bench-lm bench-lm-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,13 @@ $(DOCS_STAMP): $(STAMP)
 
 install: $(STAMP)
 
+# The install builds the fused CPU kernel (hatch_build.py); this rebuilds it
+# in place when its source changes. Without a C++ compiler it is skipped.
+$(KERNEL): csrc/adam_fused_cpu.cc hatch_build.py | $(STAMP)
+	$(BIN)/python hatch_build.py || echo "fused kernel not built: the XLA path will be used"
+
+kernel: $(KERNEL)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -29,7 +37,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+test: lint kernel
 	$(BIN)/python -m pytest adam_optax tests README.md docs
 
 # The site, into site/: warnings are errors, and the examples and parity tables
@@ -43,10 +51,10 @@ example: $(STAMP)
 examples: $(STAMP)
 	for f in examples/*.py; do $(BIN)/python $$f || exit 1; done
 
-bench: $(STAMP)
+bench: $(STAMP) kernel
 	$(BIN)/python benchmarks/run.py
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) kernel
 	$(BIN)/python benchmarks/run.py --quick
 
 bench-half: $(STAMP)
@@ -66,4 +74,4 @@ bench-lm-quick: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/lm.py --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build dist site *.egg-info docs/gallery docs/generated
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist site *.egg-info docs/gallery docs/generated $(KERNEL)

@@ -22,6 +22,7 @@ from adam_optax._finite import skip_nonfinite as skip_nonfinite
 from adam_optax._from_optax import state_from_optax as state_from_optax
 from adam_optax._from_torch import state_from_torch as state_from_torch
 from adam_optax._from_torch import state_to_torch as state_to_torch
+from adam_optax._fused import update_and_apply as update_and_apply
 from adam_optax._learning_rate import ScaleByLrState as ScaleByLrState
 from adam_optax._learning_rate import scale_by_lr as scale_by_lr
 from adam_optax._moments import ScaleByMomentsState as ScaleByMomentsState
@@ -75,4 +76,5 @@ __all__ = [
   "state_shardings",
   "state_to_torch",
   "stochastic_rounding",
+  "update_and_apply",
 ]

@@ -7,8 +7,9 @@ from typing import Any
 import optax
 
 from adam_optax._bias_correction import bias_correction
+from adam_optax._fused import Plan, fused_chain
 from adam_optax._learning_rate import scale_by_lr
-from adam_optax._moments import scale_by_moments
+from adam_optax._moments import moment_options, scale_by_moments
 from adam_optax._recipes import Recipe, recorded
 from adam_optax._validation import (
   check_decay,
@@ -30,6 +31,7 @@ def adam(
   *,
   nesterov: bool = False,
   nu_dtype: Any = None,
+  fused: bool = False,
 ) -> optax.GradientTransformation:
   r"""Adam (Kingma & Ba, 2015), a drop-in replacement for :func:`optax.adam`.
 
@@ -57,6 +59,9 @@ def adam(
     mu_dtype: dtype of the first moment in the state (default: the params').
     nesterov: use Nesterov momentum (NAdam, Dozat 2016).
     nu_dtype: dtype of the second moment in the state (default: the params').
+    fused: run ``update`` as one call of the fused CPU kernel for the whole
+      tree (same state, same numbers; see :func:`adam_optax.update_and_apply`
+      and ``docs/performance_fused.md``).
 
   Returns:
     An :class:`optax.GradientTransformation`.
@@ -82,9 +87,8 @@ def adam(
     Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015,
     https://arxiv.org/abs/1412.6980.
   """
-  return adam_chain(
-    "adam", learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov
-  )
+  hyperparameters = learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype
+  return adam_chain("adam", *hyperparameters, nesterov=nesterov, fused=fused)
 
 
 _NO_WEIGHT_DECAY: Any = object()  # adam_chain's default: no add_decayed_weights at all
@@ -103,6 +107,7 @@ def adam_chain(
   correct: tuple[bool, bool] = (True, True),
   weight_decay: optax.ScalarOrSchedule = _NO_WEIGHT_DECAY,
   mask: Any = None,
+  fused: bool = False,
   **moments: Any,
 ) -> optax.GradientTransformation:
   """The chain every member of the family is made of, validated in ``owner``'s name.
@@ -110,8 +115,10 @@ def adam_chain(
   ``scale_by_moments(**moments)``, then ``bias_correction`` of the moments
   flagged in ``correct`` (left out when neither is), then ``add_decayed_weights``
   when ``weight_decay`` is given (``None`` is an error, as in ``optax.adamw``),
-  then ``scale_by_lr``.
+  then ``scale_by_lr``. With ``fused=True`` the same chain, its ``update`` run
+  by the fused CPU kernel (:mod:`adam_optax._fused`).
   """
+  fused = check_flag(owner, "fused", fused)
   learning_rate = check_rate(owner, "learning_rate", learning_rate)
   b1 = check_decay(owner, "b1", b1)
   b2 = check_decay(owner, "b2", b2)
@@ -127,9 +134,11 @@ def adam_chain(
       owner, "momentum_decay", moments["momentum_decay"]
     )
   parts = [scale_by_moments(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, **moments)]
-  if any(correct):
-    parts.append(bias_correction(b1 if correct[0] else None, b2 if correct[1] else None))
-  if weight_decay is not _NO_WEIGHT_DECAY:
+  correction = (b1 if correct[0] else None, b2 if correct[1] else None) if any(correct) else None
+  if correction is not None:
+    parts.append(bias_correction(*correction))
+  decays = weight_decay is not _NO_WEIGHT_DECAY
+  if decays:
     parts.append(decayed_weights(owner, weight_decay, mask))
   parts.append(scale_by_lr(learning_rate))
   convention = {"downstream": "torch", "inside": "optax", "none": "paper"}.get(
@@ -145,8 +154,21 @@ def adam_chain(
     b2,
     eps,
     eps_root,
-    weight_decay=None if weight_decay is _NO_WEIGHT_DECAY else weight_decay,
+    weight_decay=weight_decay if decays else None,
     momentum_decay=moments.get("momentum_decay"),
     convention=convention if moments.get("amsgrad") else None,
   )
-  return recorded(recipe, optax.chain(*parts))
+  chain = optax.chain(*parts)
+  if fused:
+    plan = Plan(
+      owner=owner,
+      moments=moment_options(
+        b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, **moments
+      ),
+      correction=correction,
+      weight_decay=weight_decay if decays else None,
+      mask=mask,
+      learning_rate=learning_rate,
+    )
+    chain = fused_chain(plan, chain)
+  return recorded(recipe, chain)

@@ -2,6 +2,7 @@ r"""``bias_correction``: undoes the zero-initialisation bias of Adam's EMAs."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -12,6 +13,8 @@ from adam_optax import _numerics as num
 from adam_optax._scaling import scale_tree
 from adam_optax._trees import check_state_type, colocate
 from adam_optax._validation import check_decay, check_in_dtype
+
+_OWNER = "bias_correction"
 
 
 class BiasCorrectionState(NamedTuple):
@@ -69,7 +72,7 @@ def bias_correction(b1: Any = 0.9, b2: Any = 0.999) -> optax.GradientTransformat
     Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015,
     https://arxiv.org/abs/1412.6980, Section 3.
   """
-  owner = "bias_correction"
+  owner = _OWNER
   b1 = None if b1 is None else check_decay(owner, "b1", b1)
   b2 = None if b2 is None else check_decay(owner, "b2", b2)
 
@@ -80,18 +83,30 @@ def bias_correction(b1: Any = 0.9, b2: Any = 0.999) -> optax.GradientTransformat
     updates: optax.Updates, state: BiasCorrectionState, params: optax.Params | None = None
   ) -> tuple[optax.Updates, BiasCorrectionState]:
     del params
-    check_state_type(owner, state, BiasCorrectionState)
-    count = num.saturating_increment(state.count)
-
-    def bias(decay: Any, name: str, dtype: Any) -> jax.Array:
-      if decay is None:
-        return jnp.ones([], dtype)
-      check_in_dtype(owner, name, decay, dtype, decay=True)
-      return num.one_minus_power(decay, count, dtype)
-
-    def factor(dtype: Any) -> jax.Array:
-      return jnp.sqrt(bias(b2, "b2", dtype)) / bias(b1, "b1", dtype)
-
+    count = next_count(state)
+    factor = functools.partial(correction_factor, b1, b2, count)
     return scale_tree(owner, updates, factor), BiasCorrectionState(count=count)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def next_count(state: Any) -> jax.Array:
+  """The checked state's next step count (the fused kernel's update takes it from here too)."""
+  check_state_type(_OWNER, state, BiasCorrectionState)
+  return num.saturating_increment(state.count)
+
+
+def correction_factor(b1: Any, b2: Any, count: jax.Array, dtype: Any) -> jax.Array:
+  r""":math:`\sqrt{1 - \beta_2^t} / (1 - \beta_1^t)` in ``dtype`` (a ``None`` decay: factor 1).
+
+  :func:`bias_correction` and the fused kernel (:mod:`adam_optax._fused`) both
+  take the factor from here.
+  """
+
+  def bias(decay: Any, name: str) -> jax.Array:
+    if decay is None:
+      return jnp.ones([], dtype)
+    check_in_dtype(_OWNER, name, decay, dtype, decay=True)
+    return num.one_minus_power(decay, count, dtype)
+
+  return jnp.sqrt(bias(b2, "b2")) / bias(b1, "b1")

@@ -38,6 +38,7 @@ def adamw(
   *,
   nesterov: bool = False,
   nu_dtype: Any = None,
+  fused: bool = False,
 ) -> optax.GradientTransformation:
   r"""AdamW (Loshchilov & Hutter, 2019), a drop-in replacement for :func:`optax.adamw`.
 
@@ -67,6 +68,8 @@ def adamw(
       The Adam step itself applies to every leaf.
     nesterov: use Nesterov momentum: this is then :func:`nadamw`.
     nu_dtype: dtype of the second moment in the state (default: the params').
+    fused: run ``update`` as one call of the fused CPU kernel, as in
+      :func:`adam_optax.adam`.
 
   Returns:
     An :class:`optax.GradientTransformation`; ``update`` needs ``params``.
@@ -96,7 +99,12 @@ def adamw(
   """
   hyperparameters = learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype
   return adam_chain(
-    "adamw", *hyperparameters, weight_decay=weight_decay, mask=mask, nesterov=nesterov
+    "adamw",
+    *hyperparameters,
+    weight_decay=weight_decay,
+    mask=mask,
+    nesterov=nesterov,
+    fused=fused,
   )
 
 
@@ -110,6 +118,7 @@ def nadam(
   *,
   momentum_decay: Any = None,
   nu_dtype: Any = None,
+  fused: bool = False,
 ) -> optax.GradientTransformation:
   r"""NAdam (Dozat, 2016) as in :func:`optax.nadam`, or as in ``torch.optim.NAdam``.
 
@@ -155,6 +164,8 @@ def nadam(
     momentum_decay: ``None`` (default) for optax's NAdam, or torch's
       :math:`\psi \ge 0` (``4e-3`` in torch) for its momentum schedule.
     nu_dtype: dtype of the second moment in the state (default: the params').
+    fused: run ``update`` as one call of the fused CPU kernel, as in
+      :func:`adam_optax.adam`.
 
   Returns:
     An :class:`optax.GradientTransformation`.
@@ -183,7 +194,9 @@ def nadam(
     https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ.
   """
   hyperparameters = learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype
-  return adam_chain("nadam", *hyperparameters, nesterov=True, momentum_decay=momentum_decay)
+  return adam_chain(
+    "nadam", *hyperparameters, nesterov=True, momentum_decay=momentum_decay, fused=fused
+  )
 
 
 def nadamw(
@@ -198,6 +211,7 @@ def nadamw(
   *,
   momentum_decay: Any = None,
   nu_dtype: Any = None,
+  fused: bool = False,
 ) -> optax.GradientTransformation:
   r"""NAdamW as in :func:`optax.nadamw`: :func:`nadam` with decoupled weight decay.
 
@@ -224,6 +238,8 @@ def nadamw(
     momentum_decay: ``None`` for optax's NAdamW, or torch's :math:`\psi`, as
       in :func:`nadam`.
     nu_dtype: dtype of the second moment in the state (default: the params').
+    fused: run ``update`` as one call of the fused CPU kernel, as in
+      :func:`adam_optax.adam`.
 
   Returns:
     An :class:`optax.GradientTransformation`; ``update`` needs ``params``.
@@ -259,6 +275,7 @@ def nadamw(
     mask=mask,
     nesterov=True,
     momentum_decay=momentum_decay,
+    fused=fused,
   )
 
 
@@ -272,6 +289,7 @@ def amsgrad(
   *,
   convention: AmsgradConvention = "torch",
   nu_dtype: Any = None,
+  fused: bool = False,
 ) -> optax.GradientTransformation:
   r"""AMSGrad (Reddi, Kale & Kumar, 2018): Adam normalised by a running maximum.
 
@@ -337,6 +355,8 @@ def amsgrad(
     convention: ``"torch"``, ``"optax"`` or ``"paper"``, see above.
     nu_dtype: dtype of the second moment and its maximum (default: the
       params').
+    fused: run ``update`` as one call of the fused CPU kernel, as in
+      :func:`adam_optax.adam`.
 
   Returns:
     An :class:`optax.GradientTransformation`; the state keeps the maximum in
@@ -366,7 +386,12 @@ def amsgrad(
   nu_correction, correct = _AMSGRAD_CONVENTIONS[convention]
   hyperparameters = learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype
   return adam_chain(
-    "amsgrad", *hyperparameters, correct=correct, amsgrad=True, nu_correction=nu_correction
+    "amsgrad",
+    *hyperparameters,
+    correct=correct,
+    amsgrad=True,
+    nu_correction=nu_correction,
+    fused=fused,
   )
 
 
@@ -378,6 +403,7 @@ def adamax(
   *,
   mu_dtype: Any = None,
   nu_dtype: Any = None,
+  fused: bool = False,
 ) -> optax.GradientTransformation:
   r"""AdaMax (Kingma & Ba, 2015, Section 7.1), as ``optax.adamax`` and ``torch.optim.Adamax``.
 
@@ -401,6 +427,8 @@ def adamax(
     eps: :math:`\epsilon`, added to :math:`|g_t|` inside the maximum, ``>= 0``.
     mu_dtype: dtype of the first moment in the state (default: the params').
     nu_dtype: dtype of :math:`u_t` in the state (default: the params').
+    fused: run ``update`` as one call of the fused CPU kernel, as in
+      :func:`adam_optax.adam`.
 
   Returns:
     An :class:`optax.GradientTransformation`; :math:`u_t` is kept in
@@ -427,4 +455,6 @@ def adamax(
     https://arxiv.org/abs/1412.6980, Section 7.1.
   """
   hyperparameters = learning_rate, b1, b2, eps, 0.0, mu_dtype, nu_dtype
-  return adam_chain("adamax", *hyperparameters, correct=(True, False), infinity_norm=True)
+  return adam_chain(
+    "adamax", *hyperparameters, correct=(True, False), infinity_norm=True, fused=fused
+  )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Any, NamedTuple
 
 import jax
 import optax
@@ -70,6 +71,11 @@ def scale_by_lr(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransfor
   ) -> tuple[optax.Updates, ScaleByLrState | optax.EmptyState]:
     del params
     rate, state = step_value(owner, "learning_rate", learning_rate, state)
-    return scale_tree(owner, updates, lambda dtype: -scalar(rate, dtype)), state
+    return scale_tree(owner, updates, functools.partial(descent_factor, rate)), state
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def descent_factor(rate: jax.Array, dtype: Any) -> jax.Array:
+  r""":math:`-\eta_t` in ``dtype``: what :func:`scale_by_lr` (and the fused kernel) multiply by."""
+  return -scalar(rate, dtype)

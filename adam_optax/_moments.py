@@ -8,6 +8,7 @@ AMSGrad (``amsgrad`` with the three ``nu_correction`` conventions) and AdaMax
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -35,6 +36,7 @@ from adam_optax._validation import (
 )
 
 NuCorrection = Literal["downstream", "inside", "none"]
+_OWNER = "scale_by_moments"
 
 
 class ScaleByMomentsState(NamedTuple):
@@ -220,7 +222,7 @@ def scale_by_moments(
     Reddi, Kale & Kumar, *On the Convergence of Adam and Beyond*, ICLR 2018,
     https://arxiv.org/abs/1904.09237.
   """
-  owner = "scale_by_moments"
+  owner = _OWNER
   b1 = check_decay(owner, "b1", b1)
   b2 = check_decay(owner, "b2", b2)
   eps = check_nonnegative(owner, "eps", eps)
@@ -237,8 +239,20 @@ def scale_by_moments(
         "Nesterov momentum; pass nesterov=True with it"
       )
     momentum_decay = check_nonnegative(owner, "momentum_decay", momentum_decay)
-  if nu_correction is None:
-    nu_correction = "none" if infinity_norm else "downstream"
+  options = moment_options(
+    b1,
+    b2,
+    eps,
+    eps_root,
+    mu_dtype=mu_dtype,
+    nu_dtype=nu_dtype,
+    nesterov=nesterov,
+    momentum_decay=momentum_decay,
+    amsgrad=amsgrad,
+    nu_correction=nu_correction,
+    infinity_norm=infinity_norm,
+  )
+  nu_correction = options.leaf.nu_correction
   check_choice(owner, "nu_correction", nu_correction, ("downstream", "inside", "none"))
   if infinity_norm:
     if nu_correction != "none":
@@ -266,43 +280,11 @@ def scale_by_moments(
   def update_fn(
     updates: optax.Updates, state: ScaleByMomentsState, params: optax.Params | None = None
   ) -> tuple[optax.Updates, ScaleByMomentsState]:
-    _check_state(owner, state, amsgrad=amsgrad)
-    check_fits_state(owner, updates, state.mu, params)
-    if params is not None:
-      _check_state_dtypes(owner, state, params, mu_dtype, nu_dtype)
+    check_update(options, state, updates, params)
     count = num.saturating_increment(state.count)
-
-    @functools.cache
-    def step_scalars(dtype: np.dtype) -> _StepScalars:
-      """This step's scalars for leaves computed in ``dtype``, built once per dtype.
-
-      Built per leaf instead, a 4096-leaf tree traces and compiles the same
-      scalar arithmetic 4096 times (and NAdam's momentum series with it).
-      """
-      real = num.real_dtype(dtype)
-      check_in_dtype(owner, "b1", b1, real, decay=True)
-      check_in_dtype(owner, "b2", b2, real, decay=True)
-      check_in_dtype(owner, "eps", eps, real)
-      check_in_dtype(owner, "eps_root", eps_root, real)
-      keep1, mix1 = num.decay_weights(b1, dtype)
-      keep2, mix2 = num.decay_weights(b2, real)
-      bias2 = num.one_minus_power(b2, count, real)
-      scale = bias2 if nu_correction == "downstream" else jnp.ones([], real)
-      weight_mu, weight_g = keep1, mix1
-      if nesterov:
-        weights = num.nesterov_coefficients(b1, momentum_decay, count, real)
-        weight_mu, weight_g = (w.astype(dtype) for w in weights)
-      return _StepScalars(
-        keep1=keep1,
-        mix1=mix1,
-        keep2=keep2,
-        mix2=mix2,
-        bias2=bias2,
-        eps=num.scalar(eps, real) * jnp.sqrt(scale),
-        eps_root=num.scalar(eps_root, real) * scale,
-        weight_mu=weight_mu,
-        weight_g=weight_g,
-      )
+    # Once per dtype, not once per leaf: built per leaf, a 4096-leaf tree traces
+    # and compiles the same scalar arithmetic 4096 times (NAdam's series too).
+    scalars = functools.cache(functools.partial(step_scalars, options, count))
 
     def store(x: jax.Array, dtype: Any, index: int, slot: int) -> jax.Array:
       """``x`` in the state's ``dtype``, rounded stochastically if so asked."""
@@ -311,36 +293,13 @@ def scale_by_moments(
       key = jax.random.fold_in(jax.random.fold_in(step_key(rounding_seed, count), index), slot)
       return round_stochastically(x.astype(jnp.float32), dtype, key)
 
-    def update_leaf(
-      index: int, grad: Any, mu: jax.Array, nu: jax.Array, nu_max: Any = None
-    ) -> tuple[jax.Array, ...]:
-      grad = jnp.asarray(grad)  # Python floats are leaves too
-      out_dtype = grad.dtype
-      if jnp.iscomplexobj(mu) and not jnp.iscomplexobj(grad):  # a real gradient, complex param
-        out_dtype = num.complex_dtype(out_dtype)
-      dtype = num.compute_dtype(out_dtype)
-      real = num.real_dtype(dtype)
-      k = step_scalars(dtype)
-      g = grad.astype(dtype)
-      new_mu = k.keep1 * mu.astype(dtype) + k.mix1 * g
-      if infinity_norm:
-        new_nu = jnp.maximum(k.keep2 * nu.astype(real), jnp.abs(g) + k.eps)
-      else:
-        new_nu = k.keep2 * nu.astype(real) + k.mix2 * num.squared_magnitude(g)
-      second = new_nu / k.bias2 if nu_correction == "inside" else new_nu
-      kept: tuple[jax.Array, ...] = ()
-      if amsgrad:
-        second = jnp.maximum(nu_max.astype(real), second)
-        kept = (store(second, nu_max.dtype, index, 2),)
-      denominator = second if infinity_norm else jnp.sqrt(second + k.eps_root) + k.eps
-      numerator = k.weight_mu * new_mu + k.weight_g * g if nesterov else new_mu
-      ratio = num.safe_ratio(numerator, denominator.astype(dtype))
-      new_mu, new_nu = store(new_mu, mu.dtype, index, 0), store(new_nu, nu.dtype, index, 1)
-      return (ratio.astype(out_dtype), new_mu, new_nu, *kept)
+    def leaf(index: int, grad: Any, mu: jax.Array, nu: jax.Array, nu_max: Any = None):
+      keep = functools.partial(store, index=index)
+      return update_leaf(options.leaf, scalars, grad, mu, nu, nu_max, store=keep)
 
     extra = (state.nu_max,) if amsgrad else ()
     indices = jax.tree.unflatten(jax.tree.structure(updates), range(len(jax.tree.leaves(updates))))
-    out = jax.tree.map(update_leaf, indices, updates, state.mu, state.nu, *extra)
+    out = jax.tree.map(leaf, indices, updates, state.mu, state.nu, *extra)
 
     def column(index: int) -> optax.Updates:  # also right for trees with no leaves
       return jax.tree.map(lambda _, results: results[index], updates, out)
@@ -350,6 +309,143 @@ def scale_by_moments(
     return ratio, ScaleByMomentsState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+class LeafOptions(NamedTuple):
+  """Which lines of :func:`update_leaf` run (static: never a traced value)."""
+
+  nesterov: bool
+  amsgrad: bool
+  nu_correction: NuCorrection
+  infinity_norm: bool
+
+
+class MomentOptions(NamedTuple):
+  """One :func:`scale_by_moments`' arguments, validated (the decays may be tracers)."""
+
+  b1: Any
+  b2: Any
+  eps: Any
+  eps_root: Any
+  momentum_decay: Any
+  mu_dtype: Any
+  nu_dtype: Any
+  leaf: LeafOptions
+
+
+def moment_options(
+  b1: Any,
+  b2: Any,
+  eps: Any,
+  eps_root: Any,
+  *,
+  mu_dtype: Any = None,
+  nu_dtype: Any = None,
+  nesterov: bool = False,
+  momentum_decay: Any = None,
+  amsgrad: bool = False,
+  nu_correction: NuCorrection | None = None,
+  infinity_norm: bool = False,
+) -> MomentOptions:
+  """:func:`scale_by_moments`' arguments as it resolves them (``nu_correction``'s default)."""
+  if nu_correction is None:
+    nu_correction = "none" if infinity_norm else "downstream"
+  leaf = LeafOptions(nesterov, amsgrad, nu_correction, infinity_norm)
+  return MomentOptions(b1, b2, eps, eps_root, momentum_decay, mu_dtype, nu_dtype, leaf)
+
+
+def check_update(
+  options: MomentOptions, state: Any, updates: optax.Updates, params: optax.Params | None
+) -> None:
+  """The checks :func:`scale_by_moments`' update makes before any arithmetic.
+
+  The fused kernel's update (:mod:`adam_optax._fused`) makes them too.
+  """
+  _check_state(_OWNER, state, amsgrad=options.leaf.amsgrad)
+  check_fits_state(_OWNER, updates, state.mu, params)
+  if params is not None:
+    _check_state_dtypes(_OWNER, state, params, options.mu_dtype, options.nu_dtype)
+
+
+def step_scalars(options: MomentOptions, count: jax.Array, dtype: np.dtype) -> _StepScalars:
+  """Step ``count``'s scalars for leaves computed in ``dtype``.
+
+  The chain's leaf function and the fused kernel (:mod:`adam_optax._fused`)
+  both take their scalars from here.
+  """
+  real = num.real_dtype(dtype)
+  check_in_dtype(_OWNER, "b1", options.b1, real, decay=True)
+  check_in_dtype(_OWNER, "b2", options.b2, real, decay=True)
+  check_in_dtype(_OWNER, "eps", options.eps, real)
+  check_in_dtype(_OWNER, "eps_root", options.eps_root, real)
+  keep1, mix1 = num.decay_weights(options.b1, dtype)
+  keep2, mix2 = num.decay_weights(options.b2, real)
+  bias2 = num.one_minus_power(options.b2, count, real)
+  scale = bias2 if options.leaf.nu_correction == "downstream" else jnp.ones([], real)
+  weight_mu, weight_g = keep1, mix1
+  if options.leaf.nesterov:
+    weights = num.nesterov_coefficients(options.b1, options.momentum_decay, count, real)
+    weight_mu, weight_g = (w.astype(dtype) for w in weights)
+  return _StepScalars(
+    keep1=keep1,
+    mix1=mix1,
+    keep2=keep2,
+    mix2=mix2,
+    bias2=bias2,
+    eps=num.scalar(options.eps, real) * jnp.sqrt(scale),
+    eps_root=num.scalar(options.eps_root, real) * scale,
+    weight_mu=weight_mu,
+    weight_g=weight_g,
+  )
+
+
+def update_leaf(
+  options: LeafOptions,
+  scalars: Callable[[np.dtype], _StepScalars],
+  grad: Any,
+  mu: jax.Array,
+  nu: jax.Array,
+  nu_max: Any = None,
+  *,
+  store: Callable[..., jax.Array] | None = None,
+) -> tuple[jax.Array, ...]:
+  """One leaf's ``(ratio, new mu, new nu[, new nu_max])``; ``scalars(dtype)`` this step's.
+
+  ``store(x, dtype, slot=...)`` casts a new moment to its state dtype (``None``:
+  ``x.astype(dtype)``; :func:`scale_by_moments` passes its stochastic
+  rounding). The fused kernel (``csrc/adam_fused_cpu.cc``) performs these
+  operations in this order; keep the two in step.
+  """
+  if store is None:
+    store = _cast
+  grad = jnp.asarray(grad)  # Python floats are leaves too
+  out_dtype = grad.dtype
+  if jnp.iscomplexobj(mu) and not jnp.iscomplexobj(grad):  # a real gradient, complex param
+    out_dtype = num.complex_dtype(out_dtype)
+  dtype = num.compute_dtype(out_dtype)
+  real = num.real_dtype(dtype)
+  k = scalars(dtype)
+  g = grad.astype(dtype)
+  new_mu = k.keep1 * mu.astype(dtype) + k.mix1 * g
+  if options.infinity_norm:
+    new_nu = jnp.maximum(k.keep2 * nu.astype(real), jnp.abs(g) + k.eps)
+  else:
+    new_nu = k.keep2 * nu.astype(real) + k.mix2 * num.squared_magnitude(g)
+  second = new_nu / k.bias2 if options.nu_correction == "inside" else new_nu
+  kept: tuple[jax.Array, ...] = ()
+  if options.amsgrad:
+    second = jnp.maximum(nu_max.astype(real), second)
+    kept = (store(second, nu_max.dtype, slot=2),)
+  denominator = second if options.infinity_norm else jnp.sqrt(second + k.eps_root) + k.eps
+  numerator = k.weight_mu * new_mu + k.weight_g * g if options.nesterov else new_mu
+  ratio = num.safe_ratio(numerator, denominator.astype(dtype))
+  new_mu, new_nu = store(new_mu, mu.dtype, slot=0), store(new_nu, nu.dtype, slot=1)
+  return (ratio.astype(out_dtype), new_mu, new_nu, *kept)
+
+
+def _cast(x: jax.Array, dtype: Any, slot: int) -> jax.Array:
+  del slot
+  return x.astype(dtype)
 
 
 def _check_state_dtypes(

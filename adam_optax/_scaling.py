@@ -85,10 +85,19 @@ def scale_tree(
   check_inexact_leaves(owner, updates, "update")
   factor = functools.cache(factor)
 
-  def scale_leaf(update: Any) -> jax.Array:
+  def scale(update: Any) -> jax.Array:
     update = jnp.asarray(update)
-    dtype = compute_dtype(update.dtype)
-    scalar = factor(real_dtype(dtype)).astype(dtype)
-    return (update.astype(dtype) * scalar).astype(update.dtype)
+    return scale_leaf(update, factor(real_dtype(compute_dtype(update.dtype))))
 
-  return jax.tree.map(scale_leaf, updates)
+  return jax.tree.map(scale, updates)
+
+
+def scale_leaf(update: Any, scalar: jax.Array) -> jax.Array:
+  """``update * scalar`` in the leaf's compute dtype, cast back to the leaf's dtype.
+
+  :func:`scale_tree` and the fused kernel's XLA twin (:mod:`adam_optax._fused`)
+  scale each leaf with it.
+  """
+  update = jnp.asarray(update)
+  dtype = compute_dtype(update.dtype)
+  return (update.astype(dtype) * scalar.astype(dtype)).astype(update.dtype)

@@ -2,6 +2,7 @@ r"""``add_decayed_weights``: decoupled weight decay (Loshchilov & Hutter, 2019).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -87,6 +88,24 @@ def decayed_weights(
   """:func:`add_decayed_weights`, validated and reporting errors in ``owner``'s name."""
   weight_decay = check_rate(owner, "weight_decay", weight_decay)
 
+  def decay_tree(updates: optax.Updates, params: optax.Params, rate: jax.Array) -> optax.Updates:
+    return jax.tree.map(functools.partial(decay_leaf, rate), updates, params)
+
+  return decay_transform(owner, weight_decay, mask, decay_tree)
+
+
+def decay_transform(
+  owner: str,
+  weight_decay: optax.ScalarOrSchedule,
+  mask: Any,
+  apply: Callable[[optax.Updates, optax.Params, jax.Array], optax.Updates],
+) -> optax.GradientTransformation:
+  """The decay's state, schedule, checks and mask around ``apply(updates, params, rate)``.
+
+  The fused kernel (:mod:`adam_optax._fused`) runs it with an ``apply`` that
+  only records which leaves are decayed and at what rate.
+  """
+
   def init_fn(params: optax.Params) -> AddDecayedWeightsState | optax.EmptyState:
     return schedule_state(weight_decay, AddDecayedWeightsState, params)
 
@@ -99,14 +118,7 @@ def decayed_weights(
       raise ValueError(f"{owner}: update needs the params (update(grads, state, params)).")
     check_fits_params(owner, updates, params)
     rate, state = step_value(owner, "weight_decay", weight_decay, state)
-
-    def decay_leaf(update: Any, param: Any) -> jax.Array:
-      update = jnp.asarray(update)
-      dtype = num.compute_dtype(update.dtype)
-      decay = num.scalar(rate, num.real_dtype(dtype)).astype(dtype)
-      return (update.astype(dtype) + decay * jnp.asarray(param).astype(dtype)).astype(update.dtype)
-
-    return jax.tree.map(decay_leaf, updates, params), state
+    return apply(updates, params, rate), state
 
   transform = recorded(DecayRecipe(weight_decay), optax.GradientTransformation(init_fn, update_fn))
   if mask is None:
@@ -125,6 +137,14 @@ def decayed_weights(
     return masked.update(updates, state, params)
 
   return optax.GradientTransformation(masked_init, masked_update)
+
+
+def decay_leaf(rate: jax.Array, update: Any, param: Any) -> jax.Array:
+  """``update + rate * param`` in the leaf's compute dtype (the fused kernel's too)."""
+  update = jnp.asarray(update)
+  dtype = num.compute_dtype(update.dtype)
+  decay = num.scalar(rate, num.real_dtype(dtype)).astype(dtype)
+  return (update.astype(dtype) + decay * jnp.asarray(param).astype(dtype)).astype(update.dtype)
 
 
 def _check_mask(owner: str, mask: Any, params: optax.Params) -> None:

@@ -8,7 +8,15 @@ hyperparameter sets, in float32 and float64. Errors are normwise per step
 The second table does the same for every member of the family, with the
 variants, gradients and references of ``tests/test_family_parity.py``.
 
-Run: ``python benchmarks/parity.py`` (from the repository root).
+The third compares ``fused=True`` with the XLA path (the same optimizer
+unfused, jitted) on the trees of ``tests/test_fused.py``: 30 steps, gradient
+scales 1, 1e-2 and 1e-6, adam, adamw (schedules and a mask), nadamw, amsgrad
+and adamax, the updates of ``update`` and the params of ``update_and_apply``.
+"identical": the same bits in every element of every step; otherwise the
+largest difference over the largest value ("gap").
+
+Run: ``python benchmarks/parity.py`` (from the repository root; ``--fused`` for
+the third table alone).
 """
 
 from __future__ import annotations
@@ -24,14 +32,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import adam_optax
+from adam_optax import _kernel
 from tests.references import (
   algorithm1,
   gradient_sequence,
   normwise_error,
+  relative_gap,
   run_optax,
   run_torch,
+  units_apart,
 )
 from tests.test_family_parity import HYPERPARAMETERS, VARIANTS, errors
+from tests.test_fused import MEMBERS, SMALL_MINOR, _grads, _run, _tree
 
 SETTINGS = [(1e-3, 0.9, 0.999, 1e-8), (3e-2, 0.8, 0.99, 1e-3), (1e-3, 0.95, 0.9999, 1e-8)]
 SCALES = [1.0, 1e-3, 1e-6, 1e-9]
@@ -83,6 +95,7 @@ def main() -> None:
       f"{w['ours-torch']:.1e} | {w['optax-ref']:.1e} | {w['torch-ref']:.1e} |"
     )
   family_table()
+  fused_table()
 
 
 def family_table() -> None:
@@ -115,5 +128,74 @@ def family_table() -> None:
     )
 
 
+FUSED_CONFIGURATIONS = [  # (label, params dtype, x64, moment dtypes, shapes)
+  ("float32", np.float32, False, {}, None),
+  ("float64", np.float64, True, {}, None),
+  ("float32, leaves with a short last dimension ¹", np.float32, False, {}, SMALL_MINOR),
+  ("bfloat16 params", jax.numpy.bfloat16, False, {}, None),
+  ("float16 params", jax.numpy.float16, False, {}, None),
+  ("bfloat16 params, mu_dtype=float32", jax.numpy.bfloat16, False, {"mu_dtype": np.float32}, None),
+  ("float32, mu_dtype=bfloat16 ²", np.float32, False, {"mu_dtype": jax.numpy.bfloat16}, None),
+  ("float32, nu_dtype=bfloat16 ²", np.float32, False, {"nu_dtype": jax.numpy.bfloat16}, None),
+  (
+    "float64, mu float32, nu float16 ²",
+    np.float64,
+    True,
+    {"mu_dtype": np.float32, "nu_dtype": np.float16},
+    None,
+  ),
+]
+FUSED_MEMBERS = ["adam", "adamw-masked-schedules", "nadamw", "amsgrad-torch", "adamax"]
+
+
+def fused_table(steps: int = 30) -> None:
+  """fused=True against the XLA path: how far apart, per configuration."""
+  if _kernel.load_error() is not None:  # fused=True would be the XLA path itself
+    print(f"\n(fused kernel not built here: {_kernel.load_error()})")
+    return
+  print("\n| configuration | state | updates (update) | params (update_and_apply) |")
+  print("|---|---|---|---|")
+  for label, dtype, x64, moment_dtypes, shapes in FUSED_CONFIGURATIONS:
+    worst = {"state": [0, 0.0], "updates": [0, 0.0], "params": [0, 0.0]}
+    with jax.enable_x64(x64):
+      for name in FUSED_MEMBERS:
+        for scale in (1.0, 1e-2, 1e-6):
+          params = _tree(dtype) if shapes is None else _shaped(shapes, dtype)
+          grads = (
+            _grads(dtype, scale, steps) if shapes is None else _shaped_grads(params, scale, steps)
+          )
+          for level, key in ((1, "updates"), (2, "params")):
+            fused = _run(MEMBERS[name](fused=True, **moment_dtypes), level, params, grads)
+            xla = _run(MEMBERS[name](**moment_dtypes), level, params, grads)
+            for (out, state), (xla_out, xla_state) in zip(fused, xla, strict=True):
+              for kind, a_tree, b_tree in (("state", state, xla_state), (key, out, xla_out)):
+                for a, b in zip(jax.tree.leaves(a_tree), jax.tree.leaves(b_tree), strict=True):
+                  if np.size(a):
+                    worst[kind][0] = max(worst[kind][0], units_apart(a, b))
+                    if jax.numpy.issubdtype(a.dtype, jax.numpy.floating):
+                      worst[kind][1] = max(worst[kind][1], relative_gap(a, b))
+
+    def cell(units: int, gap: float) -> str:
+      return "identical" if units == 0 else f"gap {gap:.1e}"
+
+    print(f"| {label} | " + " | ".join(cell(*worst[k]) for k in worst) + " |", flush=True)
+
+
+def _shaped(shapes, dtype):
+  rng = np.random.default_rng(0)
+  return {k: jax.numpy.asarray(rng.standard_normal(s), dtype) for k, s in shapes.items()}
+
+
+def _shaped_grads(params, scale, steps):
+  rng = np.random.default_rng(1)
+  return [
+    jax.tree.map(lambda p: jax.numpy.asarray(scale * rng.standard_normal(p.shape), p.dtype), params)
+    for _ in range(steps)
+  ]
+
+
 if __name__ == "__main__":
-  main()
+  if sys.argv[1:] == ["--fused"]:
+    fused_table()
+  else:
+    main()

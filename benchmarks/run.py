@@ -14,7 +14,14 @@ in rotating order), it times:
   buffer), with bucket-shaped gradients, and with per-leaf gradients gathered
   into buckets inside the step (the cost of a model not written against
   ``layout.unbucket``);
+- ``adam_optax.adam(fused=True)`` on the tree: its ``update`` runs the fused CPU
+  kernel, then ``optax.apply_updates`` (the drop-in API); and
+  ``adam_optax.update_and_apply`` with it, which also writes the params in place
+  (one pass: read p, g, m, v; write p, m, v), on the tree and on buckets;
 - ``torch.optim.Adam`` with ``foreach=True`` and with ``fused=True``;
+- a floor: a donated jitted step that returns the params and Adam state it is
+  given, untouched: what passing the tree's arrays in and out of a jitted
+  function costs, before any arithmetic;
 - two bandwidth probes, each an in-place ``x + 1`` over a float32 buffer of
   3.5 elements per parameter, which reads and writes the same 28 bytes per
   parameter that a single-pass Adam step must move: a donated jitted
@@ -26,8 +33,9 @@ A JAX step is ``jit(donate params and state)(params, state, grads) ->
 of ``lower(...).compile()`` (tracing included). A step time is the median over
 rounds of one sample, a sample averaging enough back-to-back steps to last a
 millisecond or two. GB/s counts 28 bytes per parameter; "% probe" divides that
-by the faster probe's GB/s from the same rounds; "x optax" and "x fused" are the
-other's step time over this one (above 1: faster).
+by the faster probe's GB/s from the same rounds; "x optax", "x XLA" (adam_optax on
+the tree, unfused) and "x fused" (torch's) are the other's step time over this
+one (above 1: faster).
 """
 
 from __future__ import annotations
@@ -62,6 +70,9 @@ BYTES_PER_PARAM = 28  # read p, g, m, v; write p, m, v (float32)
 LEARNING_RATE = 1e-3
 RESULTS = Path(__file__).with_name("RESULTS.md")
 XLA_PROBE, TORCH_PROBE = "probe: jit(x + 1), donated", "probe: torch x.add_(1)"
+XLA_TREE = "adam_optax (tree)"
+FLOOR = "floor: jit returning the donated params and state (tree)"
+FUSED_TREE = "adam_optax update_and_apply (tree)"
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
 
 
@@ -109,12 +120,20 @@ class Runner:
   repeats: int = 1
 
 
-def _jax_runner(name: str, optimizer: Any, params: Any, grads: Any, gather: Any = None) -> Runner:
-  """A donated jitted step; ``gather`` maps incoming grads to the params' layout."""
+def _jax_runner(
+  name: str, optimizer: Any, params: Any, grads: Any, gather: Any = None, *, fused_step=False
+) -> Runner:
+  """A donated jitted step; ``gather`` maps incoming grads to the params' layout.
+
+  The step is ``update`` then ``optax.apply_updates``, or with ``fused_step``
+  :func:`adam_optax.update_and_apply`.
+  """
 
   def step(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
     if gather is not None:
       grads = gather(grads)
+    if fused_step:
+      return adam_optax.update_and_apply(optimizer, grads, state, params)
     updates, state = optimizer.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
@@ -144,6 +163,19 @@ def _torch_runner(name: str, arrays: list[np.ndarray], grads: list[np.ndarray], 
   return Runner(name, optimizer.step)
 
 
+def _floor_runner(tree: Any, state: Any, grads: Any) -> Runner:
+  """A donated jitted step that returns params and state untouched: the per-array cost floor."""
+  compiled = jax.jit(lambda p, s, g: (p, s), donate_argnums=(0, 1)).lower(tree, state, grads)
+  compiled = compiled.compile()
+  box = [tree, state]
+
+  def run() -> None:
+    box[0], box[1] = compiled(box[0], box[1], grads)
+    jax.tree.leaves(box[0])[0].block_until_ready()
+
+  return Runner(FLOOR, run)
+
+
 def _probe_runners(num_params: int) -> list[Runner]:
   """In-place ``x + 1`` over 28 bytes per parameter, by XLA and by torch."""
   length = math.ceil(num_params * BYTES_PER_PARAM / 8)
@@ -169,11 +201,18 @@ def make_runners(shapes: list[tuple[int, ...]], seed: int = 0) -> list[Runner]:
   bucket_grads = layout.bucket(grads)
   copy = functools.partial(jax.tree.map, jnp.copy)  # donation consumes the params
   ours = adam_optax.adam(LEARNING_RATE)
+  fused = adam_optax.adam(LEARNING_RATE, fused=True)
   return [
     _jax_runner("optax.adam (tree)", optax.adam(LEARNING_RATE), copy(tree), grads),
-    _jax_runner("adam_optax (tree)", ours, copy(tree), grads),
+    _jax_runner(XLA_TREE, ours, copy(tree), grads),
     _jax_runner("adam_optax (bucketed)", ours, copy(buckets), bucket_grads),
     _jax_runner("adam_optax (bucketed, tree grads)", ours, copy(buckets), grads, layout.bucket),
+    _jax_runner("adam_optax fused=True + apply_updates (tree)", fused, copy(tree), grads),
+    _jax_runner(FUSED_TREE, fused, copy(tree), grads, fused_step=True),
+    _jax_runner(
+      "adam_optax update_and_apply (bucketed)", fused, copy(buckets), bucket_grads, fused_step=True
+    ),
+    _floor_runner(copy(tree), ours.init(tree), grads),
     _torch_runner("torch Adam foreach", arrays, grad_arrays, foreach=True),
     _torch_runner("torch Adam fused", arrays, grad_arrays, fused=True),
     *_probe_runners(sum(math.prod(s) for s in shapes)),
@@ -219,21 +258,25 @@ def table(name: str, shapes: list[tuple[int, ...]], runners: list[Runner]) -> st
   median = {r.name: statistics.median(r.samples) for r in runners}
   probe = min(median[XLA_PROBE], median[TORCH_PROBE])
   optax_s = median["optax.adam (tree)"]
+  xla_s = median[XLA_TREE]
   fused_s = median["torch Adam fused"]
   lines = [
     f"### {name}: {len(shapes)} arrays, {num_params:,} params",
     "",
-    "| implementation | step | compile | GB/s | % probe | x optax | x fused | XLA temp |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|",
+    "| implementation | step | compile | GB/s | % probe | x optax | x XLA | x fused | XLA temp |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for r in runners:
     t = median[r.name]
     compile_s = "" if r.compile_s is None else f"{r.compile_s:.2f} s"
     temp = "" if r.temp_bytes is None else f"{r.temp_bytes / 2**20:.1f} MiB"
-    gbs = num_params * BYTES_PER_PARAM / t / 1e9
+    gbs = f"{num_params * BYTES_PER_PARAM / t / 1e9:.1f}"
+    share = f"{100 * probe / t:.0f} %"
+    if r.name == FLOOR:  # moves no parameter data: no bandwidth to speak of
+      gbs = share = ""
     lines.append(
-      f"| {r.name} | {_fmt_time(t)} | {compile_s} | {gbs:.1f} | {100 * probe / t:.0f} % "
-      f"| {optax_s / t:.2f} | {fused_s / t:.2f} | {temp} |"
+      f"| {r.name} | {_fmt_time(t)} | {compile_s} | {gbs} | {share} "
+      f"| {optax_s / t:.2f} | {xla_s / t:.2f} | {fused_s / t:.2f} | {temp} |"
     )
   return "\n".join(lines)
 
@@ -279,12 +322,18 @@ def memory_child(variant: str, num_params: int) -> dict[str, Any]:
     step = torch.optim.Adam([param], lr=LEARNING_RATE, fused=True).step
   else:
     donate = (0, 1) if "not donated" not in variant else ()
-    optimizer = optax.adam(LEARNING_RATE) if variant.startswith("optax") else adam_optax.adam(1e-3)
+    fused = "fused" in variant or "update_and_apply" in variant
+    if variant.startswith("optax"):
+      optimizer = optax.adam(LEARNING_RATE)
+    else:
+      optimizer = adam_optax.adam(LEARNING_RATE, fused=fused)
     # Filled in place: random numbers would leave a freed temporary in the RSS.
     params = {"float32": jnp.full((num_params,), 0.5, jnp.float32)}
     grads = {"float32": jnp.full((num_params,), 1e-2, jnp.float32)}
 
     def update(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
+      if "update_and_apply" in variant:
+        return adam_optax.update_and_apply(optimizer, grads, state, params)
       updates, state = optimizer.update(grads, state, params)
       return optax.apply_updates(params, updates), state
 
@@ -305,6 +354,8 @@ MEMORY_VARIANTS = [
   "optax.adam, donated",
   "adam_optax (bucketed), donated",
   "adam_optax (bucketed), not donated",
+  "adam_optax fused=True + apply_updates, donated",
+  "adam_optax update_and_apply, donated",
   "torch Adam fused",
 ]
 

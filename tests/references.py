@@ -231,3 +231,35 @@ def gradient_sequence(
     (scale * rng.standard_normal(size) * np.exp(rng.standard_normal(size))).astype(dtype)
     for _ in range(steps)
   ]
+
+
+def units_apart(actual, expected) -> int:
+  """The largest number of representable values between two arrays' elements (0: equal)."""
+  a, b = np.asarray(actual), np.asarray(expected)
+  if jnp.issubdtype(a.dtype, jnp.integer):
+    return int(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64)), initial=0))
+  bits = {2: np.int16, 4: np.int32, 8: np.int64}[a.dtype.itemsize]
+  magnitude = np.iinfo(bits).max
+  bits_a, bits_b = a.view(bits), b.view(bits)
+  mag_a, mag_b = (bits_a & magnitude).astype(np.int64), (bits_b & magnitude).astype(np.int64)
+  same_sign = (bits_a < 0) == (bits_b < 0)
+  # Same sign: the magnitudes' distance (exact); opposite signs: their sum (values far apart).
+  far = mag_a.astype(np.float64) + mag_b.astype(np.float64)
+  gaps = np.where(same_sign, np.abs(mag_a - mag_b).astype(np.float64), far)
+  gaps = np.where((mag_a == 0) & (mag_b == 0), 0.0, gaps)  # +0 and -0
+  return int(np.max(gaps, initial=0))
+
+
+def relative_gap(actual, expected) -> float:
+  """``max |actual - expected| / max |expected|`` over the elements that differ.
+
+  Equal elements (infinities included: a float16 update can overflow on both
+  paths alike) do not count.
+  """
+  a, b = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  differ = (a != b) & ~(np.isnan(a) & np.isnan(b))
+  if not differ.any():
+    return 0.0
+  scale = np.max(np.abs(b[np.isfinite(b)]), initial=np.finfo(np.float64).tiny)
+  with np.errstate(invalid="ignore"):
+    return float(np.max(np.abs(a - b)[differ]) / scale)

@@ -35,24 +35,26 @@ SCALES = [1.0, 1e-3, 1e-6, 1e-9]
 TOLERANCE = {np.float32: 2e-6, np.float64: 1e-11}  # vs float64 Algorithm 1 and torch
 
 
-def _trajectories(dtype, lr, b1, b2, eps, eps_root, grads):
+def _trajectories(dtype, lr, b1, b2, eps, eps_root, grads, fused):
   params = np.zeros(SIZE, dtype)
-  ours = run_optax(adam_optax.adam(lr, b1, b2, eps, eps_root), grads, params)
+  ours = run_optax(adam_optax.adam(lr, b1, b2, eps, eps_root, fused=fused), grads, params)
   theirs = run_optax(optax.adam(lr, b1, b2, eps, eps_root), grads, params)
   reference = algorithm1(grads, params, lr, b1, b2, eps, eps_root)
   return ours, theirs, reference
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("hyperparameters", HYPERPARAMETERS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_matches_optax_and_algorithm1(request, dtype, hyperparameters, scale):
+def test_matches_optax_and_algorithm1(request, dtype, hyperparameters, scale, fused):
   if dtype == np.float64:
     request.getfixturevalue("x64")
   lr, b1, b2, eps, eps_root = hyperparameters
-  grads = gradient_sequence(seed=len(request.node.name), steps=STEPS, size=SIZE, scale=scale)
+  seed = len(request.node.name.replace("-fused", "").replace("-xla", ""))
+  grads = gradient_sequence(seed=seed, steps=STEPS, size=SIZE, scale=scale)
   grads = [g.astype(dtype) for g in grads]
-  ours, theirs, reference = _trajectories(dtype, lr, b1, b2, eps, eps_root, grads)
+  ours, theirs, reference = _trajectories(dtype, lr, b1, b2, eps, eps_root, grads, fused)
   assert ours.dtype == dtype
   tolerance = TOLERANCE[dtype]
   assert normwise_error(ours, reference) < tolerance
@@ -60,43 +62,47 @@ def test_matches_optax_and_algorithm1(request, dtype, hyperparameters, scale):
   assert normwise_error(ours, theirs) < max(optax_error, tolerance) + tolerance
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("hyperparameters", [h for h in HYPERPARAMETERS if h[4] == 0.0])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_matches_torch(request, dtype, hyperparameters, scale):
+def test_matches_torch(request, dtype, hyperparameters, scale, fused):
   if dtype == np.float64:
     request.getfixturevalue("x64")
   lr, b1, b2, eps, _ = hyperparameters
   grads = [g.astype(dtype) for g in gradient_sequence(7, STEPS, SIZE, scale)]
   params = np.zeros(SIZE, dtype)
-  ours = run_optax(adam_optax.adam(lr, b1, b2, eps), grads, params)
+  ours = run_optax(adam_optax.adam(lr, b1, b2, eps, fused=fused), grads, params)
   theirs = run_torch(lambda p: torch.optim.Adam(p, lr=lr, betas=(b1, b2), eps=eps), grads, params)
   assert normwise_error(ours, theirs) < TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_zero_gradients_leave_params_exactly_unchanged(request, dtype):
+def test_zero_gradients_leave_params_exactly_unchanged(request, dtype, fused):
   if dtype == np.float64:
     request.getfixturevalue("x64")
   params = np.linspace(-1, 1, SIZE).astype(dtype)
   grads = [np.zeros(SIZE, dtype)] * 20
-  ours = run_optax(adam_optax.adam(1e-3), grads, params)
+  ours = run_optax(adam_optax.adam(1e-3, fused=fused), grads, params)
   torch_ = run_torch(lambda p: torch.optim.Adam(p, lr=1e-3), grads, params)
   np.testing.assert_array_equal(ours[-1], params)
   np.testing.assert_array_equal(torch_[-1], params)
 
 
-def test_first_step_is_minus_lr_times_sign():
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
+def test_first_step_is_minus_lr_times_sign(fused):
   """Kingma & Ba, Section 2.1: with eps = 0 the first step is -lr * sign(g)."""
   grads = gradient_sequence(3, 1, SIZE, 1e-4)
-  ours = run_optax(adam_optax.adam(0.1, eps=0.0), grads, np.zeros(SIZE, np.float32))
+  ours = run_optax(adam_optax.adam(0.1, eps=0.0, fused=fused), grads, np.zeros(SIZE, np.float32))
   np.testing.assert_allclose(ours[0], -0.1 * np.sign(grads[0]), rtol=1e-6)
 
 
-def test_nesterov_matches_optax_nadam(x64):
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
+def test_nesterov_matches_optax_nadam(x64, fused):
   grads = gradient_sequence(5, STEPS, SIZE, 1e-2, np.float64)
   params = np.zeros(SIZE, np.float64)
-  ours = run_optax(adam_optax.adam(1e-3, nesterov=True), grads, params)
+  ours = run_optax(adam_optax.adam(1e-3, nesterov=True, fused=fused), grads, params)
   theirs = run_optax(optax.adam(1e-3, nesterov=True), grads, params)
   plain = run_optax(adam_optax.adam(1e-3), grads, params)
   assert normwise_error(ours, theirs) < 1e-11

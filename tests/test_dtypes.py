@@ -23,9 +23,10 @@ def _step(optimizer, params, state, grads):
   return optax.apply_updates(params, updates), updates, state
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
-def test_state_dtypes_after_update_equal_those_after_init(dtype, strict_promotion):
-  optimizer = adam_optax.adam(1e-3)
+def test_state_dtypes_after_update_equal_those_after_init(dtype, strict_promotion, fused):
+  optimizer = adam_optax.adam(1e-3, fused=fused)
   params = {"w": jnp.ones((4, 3), dtype), "b": jnp.zeros(3, dtype)}
   state = optimizer.init(params)
   grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.5, p.dtype), params)
@@ -35,8 +36,9 @@ def test_state_dtypes_after_update_equal_those_after_init(dtype, strict_promotio
   assert _dtypes(new_params) == _dtypes(params)
 
 
-def test_float64_state_is_float64(x64, strict_promotion):
-  optimizer = adam_optax.adam(1e-3, mu_dtype=jnp.float64)
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
+def test_float64_state_is_float64(x64, strict_promotion, fused):
+  optimizer = adam_optax.adam(1e-3, mu_dtype=jnp.float64, fused=fused)
   params = jnp.ones(3, jnp.float64)
   state = optimizer.init(params)
   _, _, new_state = _step(optimizer, params, state, jnp.ones(3, jnp.float64))
@@ -44,8 +46,9 @@ def test_float64_state_is_float64(x64, strict_promotion):
   assert new_state[0].mu.dtype == jnp.float64
 
 
-def test_mixed_dtype_tree_with_none_and_zero_size_leaves(strict_promotion):
-  optimizer = adam_optax.adam(1e-2, mu_dtype=jnp.float32, nu_dtype=jnp.float32)
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
+def test_mixed_dtype_tree_with_none_and_zero_size_leaves(strict_promotion, fused):
+  optimizer = adam_optax.adam(1e-2, mu_dtype=jnp.float32, nu_dtype=jnp.float32, fused=fused)
   params = {
     "f32": jnp.ones(3, jnp.float32),
     "bf16": jnp.ones(2, jnp.bfloat16),
@@ -83,11 +86,12 @@ def test_complex_params_follow_real_adam_on_magnitudes():
   np.testing.assert_array_equal(params.imag, 0.0)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
-def test_half_precision_zero_gradients_stay_finite_where_optax_gives_nan(dtype):
+def test_half_precision_zero_gradients_stay_finite_where_optax_gives_nan(dtype, fused):
   params = jnp.linspace(-1, 1, 8).astype(dtype)
   zeros = jnp.zeros_like(params)
-  ours, theirs = adam_optax.adam(1e-3), optax.adam(1e-3)
+  ours, theirs = adam_optax.adam(1e-3, fused=fused), optax.adam(1e-3)
   ours_params, _, _ = _step(ours, params, ours.init(params), zeros)
   theirs_params, _, _ = _step(theirs, params, theirs.init(params), zeros)
   np.testing.assert_array_equal(np.asarray(ours_params), np.asarray(params))
@@ -95,10 +99,11 @@ def test_half_precision_zero_gradients_stay_finite_where_optax_gives_nan(dtype):
     assert np.isnan(np.asarray(theirs_params, np.float32)).all()
 
 
-def test_float16_large_gradients_do_not_overflow_in_the_second_moment():
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
+def test_float16_large_gradients_do_not_overflow_in_the_second_moment(fused):
   """g = 300 has g^2 = 9e4 > float16 max (65504); computed in float32, it is fine."""
   params = jnp.zeros(4, jnp.float16)
-  optimizer = adam_optax.adam(1e-3)
+  optimizer = adam_optax.adam(1e-3, fused=fused)
   new_params, _, state = _step(
     optimizer, params, optimizer.init(params), jnp.full(4, 300.0, jnp.float16)
   )
@@ -133,9 +138,10 @@ def test_float32_nu_by_default_fixes_bfloat16_second_moment_stalling():
 @pytest.mark.parametrize(
   "params", [{}, {"a": None}, ()], ids=["empty-dict", "none-leaf", "empty-tuple"]
 )
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
 @pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "amsgrad", "adamax"])
-def test_trees_without_array_leaves_work_like_optax(name, params):
-  optimizer = getattr(adam_optax, name)(1e-3)
+def test_trees_without_array_leaves_work_like_optax(name, params, fused):
+  optimizer = getattr(adam_optax, name)(1e-3, fused=fused)
   state = optimizer.init(params)
   updates, new_state = jax.jit(optimizer.update)(params, state, params)
   assert jax.tree.structure(updates) == jax.tree.structure(params)

@@ -49,7 +49,7 @@ TORCH_NADAM_MOMENTUM_DECAY = 4e-3  # torch.optim.NAdam's default
 class Variant:
   """One member of the family and what it is compared with."""
 
-  ours: Any  # (lr, b1, b2, eps, eps_root) -> GradientTransformation
+  ours: Any  # (lr, b1, b2, eps, eps_root, fused=...) -> GradientTransformation
   optax: Any  # same signature, or None
   reference: Any  # (grads, params, lr, b1, b2, eps, eps_root) -> trajectory
   torch: Any = None  # (lr, b1, b2, eps) -> (params -> torch optimizer), or None
@@ -64,7 +64,7 @@ def _torch(cls, **options):
 
 VARIANTS = {
   "adamw": Variant(
-    ours=lambda *h: adam_optax.adamw(*h, weight_decay=WEIGHT_DECAY),
+    ours=lambda *h, **k: adam_optax.adamw(*h, weight_decay=WEIGHT_DECAY, **k),
     optax=lambda *h: optax.adamw(*h, weight_decay=WEIGHT_DECAY),
     reference=lambda *a: algorithm1(*a, weight_decay=WEIGHT_DECAY),
     torch=_torch(torch.optim.AdamW, weight_decay=WEIGHT_DECAY),
@@ -77,7 +77,7 @@ VARIANTS = {
     torch=_torch(torch.optim.NAdam, momentum_decay=TORCH_NADAM_WITHOUT_SCHEDULE),
   ),
   "nadamw": Variant(
-    ours=lambda *h: adam_optax.nadamw(*h, weight_decay=WEIGHT_DECAY),
+    ours=lambda *h, **k: adam_optax.nadamw(*h, weight_decay=WEIGHT_DECAY, **k),
     optax=lambda *h: optax.nadamw(*h, weight_decay=WEIGHT_DECAY),
     reference=lambda *a: algorithm1(*a, nesterov=True, weight_decay=WEIGHT_DECAY),
     torch=_torch(
@@ -89,14 +89,14 @@ VARIANTS = {
     decays=True,
   ),
   "nadam-torch": Variant(
-    ours=lambda *h: adam_optax.nadam(*h, momentum_decay=TORCH_NADAM_MOMENTUM_DECAY),
+    ours=lambda *h, **k: adam_optax.nadam(*h, momentum_decay=TORCH_NADAM_MOMENTUM_DECAY, **k),
     optax=None,
     reference=lambda *a: algorithm1(*a, nesterov=True, momentum_decay=TORCH_NADAM_MOMENTUM_DECAY),
     torch=_torch(torch.optim.NAdam),
   ),
   "nadamw-torch": Variant(
-    ours=lambda *h: adam_optax.nadamw(
-      *h, weight_decay=WEIGHT_DECAY, momentum_decay=TORCH_NADAM_MOMENTUM_DECAY
+    ours=lambda *h, **k: adam_optax.nadamw(
+      *h, weight_decay=WEIGHT_DECAY, momentum_decay=TORCH_NADAM_MOMENTUM_DECAY, **k
     ),
     optax=None,
     reference=lambda *a: algorithm1(
@@ -106,24 +106,24 @@ VARIANTS = {
     decays=True,
   ),
   "amsgrad-torch": Variant(
-    ours=lambda *h: adam_optax.amsgrad(*h, convention="torch"),
+    ours=lambda *h, **k: adam_optax.amsgrad(*h, convention="torch", **k),
     optax=None,
     reference=lambda *a: algorithm1(*a, amsgrad="torch"),
     torch=_torch(torch.optim.Adam, amsgrad=True),
   ),
   "amsgrad-optax": Variant(
-    ours=lambda *h: adam_optax.amsgrad(*h, convention="optax"),
+    ours=lambda *h, **k: adam_optax.amsgrad(*h, convention="optax", **k),
     optax=optax.amsgrad,
     reference=lambda *a: algorithm1(*a, amsgrad="optax"),
   ),
   "amsgrad-paper": Variant(
-    ours=lambda *h: adam_optax.amsgrad(*h, convention="paper"),
+    ours=lambda *h, **k: adam_optax.amsgrad(*h, convention="paper", **k),
     optax=lambda *h: optax.amsgrad(*h, bias_correction_mu=False, bias_correction_nu=False),
     reference=lambda *a: algorithm1(*a, amsgrad="paper"),
     uncorrected=True,
   ),
   "adamax": Variant(
-    ours=lambda lr, b1, b2, eps, _: adam_optax.adamax(lr, b1, b2, eps),
+    ours=lambda lr, b1, b2, eps, _, **k: adam_optax.adamax(lr, b1, b2, eps, **k),
     optax=lambda lr, b1, b2, eps, _: optax.adamax(lr, b1, b2, eps),
     reference=lambda grads, params, lr, b1, b2, eps, _: adamax_reference(
       grads, params, lr, b1, b2, eps
@@ -162,7 +162,9 @@ def reference_betas(variant: Variant, dtype, b1: float, b2: float) -> tuple[floa
   return b1, b2
 
 
-def errors(name: str, dtype, hyperparameters, scale: float, seed: int = 11) -> dict[str, float]:
+def errors(
+  name: str, dtype, hyperparameters, scale: float, seed: int = 11, fused: bool = False
+) -> dict[str, float]:
   """Normwise errors of ours vs the reference, optax and torch (and optax vs reference)."""
   variant = VARIANTS[name]
   lr, b1, b2, eps, eps_root = hyperparameters
@@ -170,7 +172,7 @@ def errors(name: str, dtype, hyperparameters, scale: float, seed: int = 11) -> d
     hyperparameters = (lr, b1, b2, eps, 0.0)
   grads = family_gradients(seed, dtype, scale)
   params = start(variant, dtype)
-  ours = run_optax(variant.ours(*hyperparameters), grads, params)
+  ours = run_optax(variant.ours(*hyperparameters, fused=fused), grads, params)
   assert ours.dtype == dtype
   reference_hyperparameters = (lr, *reference_betas(variant, dtype, b1, b2), *hyperparameters[3:])
   reference = variant.reference(grads, params, *reference_hyperparameters)
@@ -186,15 +188,16 @@ def errors(name: str, dtype, hyperparameters, scale: float, seed: int = 11) -> d
   return result
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("hyperparameters", HYPERPARAMETERS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_matches_references(request, name, dtype, hyperparameters, scale):
+def test_matches_references(request, name, dtype, hyperparameters, scale, fused):
   if dtype == np.float64:
     request.getfixturevalue("x64")
   tolerance = TOLERANCE[dtype]
-  result = errors(name, dtype, hyperparameters, scale)
+  result = errors(name, dtype, hyperparameters, scale, fused=fused)
   assert result["reference"] < tolerance, result
   if "optax" in result:
     assert result["optax"] < max(result["optax_vs_reference"], tolerance) + tolerance, result

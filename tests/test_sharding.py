@@ -167,15 +167,16 @@ def test_none_leaves_and_abstract_params():
   assert state[0].nu["w"].sharding == NamedSharding(mesh, P("data"))
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
 @pytest.mark.parametrize(
   ("axis_type", "dtype"),
   [(AxisType.Auto, np.float32), (AxisType.Explicit, np.float32), (AxisType.Auto, np.float64)],
 )
-def test_state_keeps_shardings_and_matches_single_device(request, axis_type, dtype):
+def test_state_keeps_shardings_and_matches_single_device(request, axis_type, dtype, fused):
   if dtype == np.float64:
     request.getfixturevalue("x64")
   mesh = _mesh(axis_type=axis_type)
-  optimizer = adam_optax.adam(3e-2)
+  optimizer = adam_optax.adam(3e-2, fused=fused)
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
   host_params = jax.tree.map(lambda p: np.asarray(p, dtype), _mlp_params())
@@ -212,10 +213,11 @@ def test_state_keeps_shardings_and_matches_single_device(request, axis_type, dty
   chex.assert_trees_all_close(state, ref_state, atol=tolerance, rtol=0)
 
 
-def test_update_alone_is_bitwise_identical():
+@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
+def test_update_alone_is_bitwise_identical(fused):
   """Given the same gradients, the sharded update equals the single-device one exactly."""
   mesh = _mesh()
-  optimizer = adam_optax.adam(1e-2)
+  optimizer = adam_optax.adam(1e-2, fused=fused)
   params = _mlp_params()
   shardings = adam_optax.state_shardings(optimizer, params, mesh, zero1_axis="data")
   rng = np.random.default_rng(5)

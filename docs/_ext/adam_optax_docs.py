@@ -222,6 +222,7 @@ def generate(app: Sphinx) -> None:
     stale.unlink()
   parity = ROOT / "benchmarks" / "parity.py"
   inputs = [parity, ROOT / "tests" / "references.py", ROOT / "tests" / "test_family_parity.py"]
+  inputs.append(ROOT / "tests" / "test_fused.py")  # the fused table imports it
   folder = run_cached("parity", [str(parity.relative_to(ROOT))], inputs)
   tables = (folder / "stdout.txt").read_text().strip().split("\n\n")
   for index, table in enumerate(tables):
