@@ -475,8 +475,12 @@ def _check_state(owner: str, state: Any, *, amsgrad: bool) -> None:
   has_max = state.nu_max is not None
   if amsgrad != has_max:
     made_by = "with amsgrad=True (AMSGrad)" if has_max else "without amsgrad (e.g. adam)"
-    wanted = "AMSGrad, which needs" if amsgrad else "not AMSGrad, which has no"
+    wanted = (
+      "AMSGrad, which needs the running maximum nu_max"
+      if amsgrad
+      else "not AMSGrad and keeps no running maximum nu_max"
+    )
     raise TypeError(
       f"{owner}.update: this state was made by an optimizer {made_by}, but this one is "
-      f"{wanted} the running maximum nu_max. Initialise the state with this optimizer's init."
+      f"{wanted}. Initialise the state with this optimizer's init."
     )
