@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
 KERNEL := adam_optax/_adam_fused_cpu.so
 
-.PHONY: install kernel test lint format docs example examples bench bench-quick bench-half bench-lm bench-lm-quick clean
+.PHONY: install kernel test lint format docs example examples bench bench-quick bench-half bench-buffers bench-lm bench-lm-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,9 @@ bench-quick: $(STAMP) kernel
 
 bench-half: $(STAMP)
 	$(BIN)/python benchmarks/half_precision.py
+
+bench-buffers: $(STAMP) kernel
+	$(BIN)/python benchmarks/fresh_buffers.py
 
 # The language-model benchmark of quantized state and stochastic rounding (issue 9):
 # needs torchao (the `bench` extra). The full run takes about an hour on 2 cores.

@@ -52,7 +52,14 @@ def step_value(
   """
   check_schedule_state(owner, value, state)
   if callable(value):
-    result, source = jnp.asarray(value(state.count)), f"the {name} schedule returned"
+    try:
+      returned = value(state.count)
+    except TypeError as error:  # most often a schedule that takes no step count
+      raise TypeError(
+        f"{owner}({name}=...): calling the schedule with the step count failed: {error}. "
+        "A schedule is a function step -> value, such as optax.linear_schedule(...)."
+      ) from error
+    result, source = jnp.asarray(returned), f"the {name} schedule returned"
     state = state._replace(count=saturating_increment(state.count))
   else:
     result, source = jnp.asarray(value), f"{name} is"

@@ -225,6 +225,16 @@ def test_5_a_schedule_returning_a_complex_or_bool_is_rejected():
       optimizer.update(params, optimizer.init(params), params)
 
 
+def test_5_a_schedule_that_takes_no_step_count_is_named():
+  params = jnp.ones(2)
+  for optimizer, name in (
+    (adam_optax.adam(lambda: 1e-3), "learning_rate"),
+    (adam_optax.adamw(1e-3, weight_decay=lambda: 0.1), "weight_decay"),
+  ):
+    with pytest.raises(TypeError, match=rf"\w+\({name}=\.\.\.\): calling the schedule with the"):
+      optimizer.update(params, optimizer.init(params), params)
+
+
 # 6. params are checked against the state in update.
 
 
