@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -58,6 +58,11 @@ class QuantizedState(NamedTuple):
 
 def _is_quantized(node: Any) -> bool:
   return isinstance(node, QuantizedArray)
+
+
+def _lost_metadata(node: Any) -> bool:
+  """Whether ``node`` is a mapping that holds a :class:`QuantizedArray`'s data, rebuilt."""
+  return isinstance(node, Mapping) and set(node.keys()) == {"codes", "scales"}
 
 
 def _placed_like(new: jax.Array, old: jax.Array) -> jax.Array:
@@ -285,6 +290,15 @@ def quantized(
 
   def _check_layout(updates: optax.Updates, stored: Any) -> None:
     """Raises if ``stored`` was quantized by another configuration (or not at all)."""
+    for path, node in jax.tree_util.tree_flatten_with_path(stored, is_leaf=_lost_metadata)[0]:
+      if _lost_metadata(node):
+        raise TypeError(
+          f"{owner}.update: the state at {jax.tree_util.keystr(path)} is a "
+          f"{type(node).__name__} of 'codes' and 'scales' where a QuantizedArray belongs: "
+          "something rebuilt the state without its metadata (flax.nnx.Optimizer does, "
+          "storing it as nnx.State). Keep the state as optimizer.init returns it, e.g. with "
+          "nnx.split and a plain optax step (see the documentation's 'Low-memory state')."
+        )
     flat, layout_def = jax.tree_util.tree_flatten_with_path(stored, is_leaf=_is_quantized)
     stand_ins = [
       jax.ShapeDtypeStruct(x.array_shape, x.array_dtype) if _is_quantized(x) else x for _, x in flat

@@ -397,3 +397,32 @@ def test_params_split_over_an_explicit_mesh(shape):
     {"w": jnp.asarray(np.cos(7 * values))}, optimizer.init(local), local
   )
   np.testing.assert_array_equal(updates["w"], reference["w"])
+
+
+def test_flax_nnx_optimizer_is_refused_by_name_and_the_split_step_works():
+  from flax import nnx
+
+  model = nnx.Linear(64, 128, rngs=nnx.Rngs(0))
+  optimizer = adam_optax.quantized(adam_optax.adam(1e-2), min_size=16)
+  x = jnp.ones((4, 64))
+  loss = lambda m: jnp.mean((m(x) - 1.0) ** 2)  # noqa: E731
+  wrapped = nnx.Optimizer(model, optimizer, wrt=nnx.Param)
+  nnx_step = nnx.jit(lambda m, o: o.update(m, nnx.grad(loss)(m)))
+  nnx_step(model, wrapped)  # the first step runs; nnx then stores the new state as nnx.State
+  with pytest.raises(TypeError, match=r"a State of 'codes' and 'scales' .* flax.nnx.Optimizer"):
+    nnx_step(model, wrapped)
+
+  graphdef, params = nnx.split(model, nnx.Param)  # the documented way: a plain optax step
+  state = optimizer.init(params)
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(lambda p: loss(nnx.merge(graphdef, p)))(params)
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  before = float(loss(nnx.merge(graphdef, params)))
+  for _ in range(20):
+    params, state = step(params, state)
+  assert float(loss(nnx.merge(graphdef, params))) < 0.5 * before
+  assert isinstance(state.inner_state[0].mu["kernel"], QuantizedArray)
