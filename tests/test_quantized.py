@@ -409,7 +409,9 @@ def test_flax_nnx_optimizer_is_refused_by_name_and_the_split_step_works():
   wrapped = nnx.Optimizer(model, optimizer, wrt=nnx.Param)
   nnx_step = nnx.jit(lambda m, o: o.update(m, nnx.grad(loss)(m)))
   nnx_step(model, wrapped)  # the first step runs; nnx then stores the new state as nnx.State
-  with pytest.raises(TypeError, match=r"a State of 'codes' and 'scales' .* flax.nnx.Optimizer"):
+  with pytest.raises(
+    TypeError, match=r"a State of 'codes' and 'scales' .*flax\.nnx\.Optimizer does"
+  ):
     nnx_step(model, wrapped)
 
   graphdef, params = nnx.split(model, nnx.Param)  # the documented way: a plain optax step
@@ -425,4 +427,4 @@ def test_flax_nnx_optimizer_is_refused_by_name_and_the_split_step_works():
   for _ in range(20):
     params, state = step(params, state)
   assert float(loss(nnx.merge(graphdef, params))) < 0.5 * before
-  assert isinstance(state.inner_state[0].mu["kernel"], QuantizedArray)
+  assert len(_quantized_leaves(state)) == 4  # mu and nu of the kernel and the bias
