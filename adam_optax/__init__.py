@@ -23,6 +23,8 @@ from adam_optax._from_optax import state_from_optax as state_from_optax
 from adam_optax._from_torch import state_from_torch as state_from_torch
 from adam_optax._from_torch import state_to_torch as state_to_torch
 from adam_optax._fused import update_and_apply as update_and_apply
+from adam_optax._kahan import KahanSummationState as KahanSummationState
+from adam_optax._kahan import kahan_summation as kahan_summation
 from adam_optax._learning_rate import ScaleByLrState as ScaleByLrState
 from adam_optax._learning_rate import scale_by_lr as scale_by_lr
 from adam_optax._moments import ScaleByMomentsState as ScaleByMomentsState
@@ -46,6 +48,7 @@ __all__ = [
   "AddDecayedWeightsState",
   "BiasCorrectionState",
   "BucketLayout",
+  "KahanSummationState",
   "QuantizedArray",
   "QuantizedState",
   "ScaleByLrState",
@@ -61,6 +64,7 @@ __all__ = [
   "bias_correction",
   "bucket",
   "init_sharded",
+  "kahan_summation",
   "nadam",
   "nadamw",
   "nonfinite_report",

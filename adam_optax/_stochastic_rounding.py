@@ -55,6 +55,24 @@ def round_stochastically(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
   return jnp.where(jnp.isfinite(wide) & (wide != x), chosen, nearest)
 
 
+def landing_update(param: jax.Array, update: jax.Array, target: jax.Array) -> jax.Array:
+  """The update that ``optax.apply_updates`` adds to ``param`` to land on ``target``.
+
+  That is ``target - param``, exact whenever ``target`` is within a factor two
+  of ``param`` (Sterbenz) or ``param = 0``. Where ``param`` is infinite or NaN
+  (minus itself is NaN) ``update`` passes through, so ``apply_updates`` gives
+  what it gives without the transform.
+  """
+  difference = (target.astype(jnp.float32) - param.astype(jnp.float32)).astype(update.dtype)
+  return jnp.where(jnp.isfinite(param), difference, update)
+
+
+def check_params(owner: str, params: Any) -> None:
+  """Raises if ``update`` was not given the params."""
+  if params is None:
+    raise ValueError(f"{owner}: update needs the params (update(updates, state, params))")
+
+
 class StochasticRoundingState(NamedTuple):
   """State of :func:`stochastic_rounding`.
 
@@ -136,8 +154,7 @@ def stochastic_rounding(seed: int) -> optax.GradientTransformation:
   def update_fn(
     updates: optax.Updates, state: StochasticRoundingState, params: optax.Params | None = None
   ) -> tuple[optax.Updates, StochasticRoundingState]:
-    if params is None:
-      raise ValueError(f"{owner}: update needs the params (update(updates, state, params))")
+    check_params(owner, params)
     key = step_key(seed, state.count)
     flat_params = jax.tree.leaves(params)
     params_def: Any = jax.tree.structure(params)  # PyTreeDef: jaxlib ships no stub for it
@@ -148,10 +165,7 @@ def stochastic_rounding(seed: int) -> optax.GradientTransformation:
         return update
       exact = param.astype(jnp.float32) + update.astype(jnp.float32)
       rounded = round_stochastically(exact, param.dtype, jax.random.fold_in(key, index))
-      difference = (rounded.astype(jnp.float32) - param.astype(jnp.float32)).astype(update.dtype)
-      # An infinite param minus itself is NaN: there the update passes through,
-      # so apply_updates gives what it gives without this transform.
-      return jnp.where(jnp.isfinite(param), difference, update)
+      return landing_update(param, update, rounded)
 
     rounded = map(leaf, range(len(flat_params)), flat_params, flat_updates)
     new_updates = params_def.unflatten(list(rounded))
