@@ -12,9 +12,8 @@ from adam_optax._learning_rate import scale_by_lr
 from adam_optax._moments import moment_options, scale_by_moments
 from adam_optax._recipes import Recipe, recorded
 from adam_optax._validation import (
-  check_decay,
   check_flag,
-  check_float_dtype,
+  check_moment_hyperparameters,
   check_nonnegative,
   check_rate,
 )
@@ -120,12 +119,9 @@ def adam_chain(
   """
   fused = check_flag(owner, "fused", fused)
   learning_rate = check_rate(owner, "learning_rate", learning_rate)
-  b1 = check_decay(owner, "b1", b1)
-  b2 = check_decay(owner, "b2", b2)
-  eps = check_nonnegative(owner, "eps", eps)
-  eps_root = check_nonnegative(owner, "eps_root", eps_root)
-  mu_dtype = check_float_dtype(owner, "mu_dtype", mu_dtype)
-  nu_dtype = check_float_dtype(owner, "nu_dtype", nu_dtype)
+  b1, b2, eps, eps_root, mu_dtype, nu_dtype = check_moment_hyperparameters(
+    owner, b1, b2, eps, eps_root, mu_dtype, nu_dtype
+  )
   for flag in ("nesterov", "amsgrad", "infinity_norm"):
     if flag in moments:
       moments[flag] = check_flag(owner, flag, moments[flag])

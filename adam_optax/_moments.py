@@ -27,10 +27,9 @@ from adam_optax._trees import (
 )
 from adam_optax._validation import (
   check_choice,
-  check_decay,
   check_flag,
-  check_float_dtype,
   check_in_dtype,
+  check_moment_hyperparameters,
   check_nonnegative,
   check_zero,
 )
@@ -223,12 +222,9 @@ def scale_by_moments(
     https://arxiv.org/abs/1904.09237.
   """
   owner = _OWNER
-  b1 = check_decay(owner, "b1", b1)
-  b2 = check_decay(owner, "b2", b2)
-  eps = check_nonnegative(owner, "eps", eps)
-  eps_root = check_nonnegative(owner, "eps_root", eps_root)
-  mu_dtype = check_float_dtype(owner, "mu_dtype", mu_dtype)
-  nu_dtype = check_float_dtype(owner, "nu_dtype", nu_dtype)
+  b1, b2, eps, eps_root, mu_dtype, nu_dtype = check_moment_hyperparameters(
+    owner, b1, b2, eps, eps_root, mu_dtype, nu_dtype
+  )
   nesterov = check_flag(owner, "nesterov", nesterov)
   amsgrad = check_flag(owner, "amsgrad", amsgrad)
   infinity_norm = check_flag(owner, "infinity_norm", infinity_norm)

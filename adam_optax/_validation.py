@@ -199,3 +199,21 @@ def check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) ->
   if not isinstance(value, str) or value not in choices:
     expected = ", ".join(repr(choice) for choice in choices)
     raise ValueError(f"{owner}({name}={value!r}): {name} must be one of {expected}")
+
+
+def check_moment_hyperparameters(
+  owner: str, b1: Any, b2: Any, eps: Any, eps_root: Any, mu_dtype: Any, nu_dtype: Any
+) -> tuple[Any, Any, Any, Any, np.dtype | None, np.dtype | None]:
+  """``b1, b2, eps, eps_root, mu_dtype, nu_dtype`` checked, each error naming ``owner``.
+
+  :func:`adam_optax.scale_by_moments` and the aliases that build it (whose own
+  name the errors then carry) both check them here.
+  """
+  return (
+    check_decay(owner, "b1", b1),
+    check_decay(owner, "b2", b2),
+    check_nonnegative(owner, "eps", eps),
+    check_nonnegative(owner, "eps_root", eps_root),
+    check_float_dtype(owner, "mu_dtype", mu_dtype),
+    check_float_dtype(owner, "nu_dtype", nu_dtype),
+  )

@@ -3,6 +3,8 @@
 - :func:`algorithm1`: Kingma & Ba's Algorithm 1 written out in float64 NumPy.
 - :func:`run_optax`: any optax transformation over a fixed gradient sequence.
 - :func:`run_torch`: a ``torch.optim`` optimizer over the same sequence.
+- :func:`least_squares_loss_after`: the low-precision training problem of the
+  stochastic-rounding and Kahan-summation tests.
 
 Every runner returns the parameter trajectory, one row per step, so that the
 same gradients drive every implementation.
@@ -263,3 +265,31 @@ def relative_gap(actual, expected) -> float:
   scale = np.max(np.abs(b[np.isfinite(b)]), initial=np.finfo(np.float64).tiny)
   with np.errstate(invalid="ignore"):
     return float(np.max(np.abs(a - b)[differ]) / scale)
+
+
+def least_squares_loss_after(optimizer, dtype=jnp.float32, steps: int = 400):
+  """``(initial loss, loss after steps)`` of ``optimizer`` on a fixed least-squares problem.
+
+  Weights of size ~1 (32 x 64, all ones at the start, stored in ``dtype``) and
+  Adam steps of ~1e-3: below bfloat16's half-ulp, so round-to-nearest never
+  moves them. The loss is computed in float32.
+  """
+  key_x, key_w = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(key_x, (128, 32))
+  y = x @ (1.0 + 0.2 * jax.random.normal(key_w, (32, 64)))
+
+  def loss(w):
+    return jnp.mean((x @ w.astype(jnp.float32) - y) ** 2)
+
+  @jax.jit
+  def step(w, state):
+    grads = jax.grad(loss)(w).astype(w.dtype)
+    updates, state = optimizer.update(grads, state, w)
+    return optax.apply_updates(w, updates), state
+
+  w = jnp.ones((32, 64), dtype)
+  initial = float(loss(w))
+  state = optimizer.init(w)
+  for _ in range(steps):
+    w, state = step(w, state)
+  return initial, float(loss(w))

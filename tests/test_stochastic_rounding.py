@@ -10,6 +10,7 @@ import pytest
 
 import adam_optax
 from adam_optax._stochastic_rounding import round_stochastically
+from tests.references import least_squares_loss_after
 
 N = 200_000
 
@@ -149,32 +150,9 @@ def test_pure_bfloat16_training_tracks_float32_and_nearest_rounding_stalls():
   1.41: the rounding noise is a floor that shows as the loss gets small); with
   round-to-nearest the weights never move.
   """
-  key_x, key_w = jax.random.split(jax.random.key(0))
-  x = jax.random.normal(key_x, (128, 32))
-  target = 1.0 + 0.2 * jax.random.normal(key_w, (32, 64))
-  y = x @ target
-
-  def loss(w):
-    return jnp.mean((x @ w.astype(jnp.float32) - y) ** 2)
-
-  def train(optimizer, w, steps=400):
-    state = optimizer.init(w)
-
-    @jax.jit
-    def step(w, state):
-      grads = jax.grad(loss)(w).astype(w.dtype)
-      updates, state = optimizer.update(grads, state, w)
-      return optax.apply_updates(w, updates), state
-
-    for _ in range(steps):
-      w, state = step(w, state)
-    return float(loss(w))
-
-  start = jnp.ones((32, 64))
-  initial = float(loss(start))
-  fp32 = train(adam_optax.adam(1e-3), start)
-  stochastic = train(_bf16_adam(0), start.astype(jnp.bfloat16))
-  nearest = train(_bf16_adam(None), start.astype(jnp.bfloat16))
+  initial, fp32 = least_squares_loss_after(adam_optax.adam(1e-3))
+  _, stochastic = least_squares_loss_after(_bf16_adam(0), jnp.bfloat16)
+  _, nearest = least_squares_loss_after(_bf16_adam(None), jnp.bfloat16)
   assert fp32 < 0.5 * initial
   assert abs(stochastic - fp32) <= 0.12 * fp32
   assert nearest == initial  # every step rounds back to where it was
