@@ -70,7 +70,7 @@ class Size:
 SIZES = {
   "smoke": Size("smoke", 5, 2.0),
   "quick": Size("quick", 5, 2.0),
-  "full": Size("full", 7, 2.0),
+  "full": Size("full", 6, 2.5),
 }
 
 
@@ -316,6 +316,7 @@ def run(
       "schedule": task.schedule,
       "options": task.options,
       "log_scale": task.log_scale,
+      "target": task.target,
       "cells": cells,
     }
   bar.close()
