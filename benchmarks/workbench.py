@@ -109,7 +109,9 @@ def sweep_function(member: workbench_members.Member, task: workbench_tasks.Task)
     optimizer = member.build(schedule(peak, task, member.scheduled), task.steps, task.options)
 
     def evaluated(params: Any, state: Any) -> Any:
-      return member.eval_params(state, params) if member.eval_params else params
+      """The point to evaluate (Schedule-Free's x), in the task's box: x is an average the
+      step's projection of the params (y) does not reach."""
+      return task.project(member.eval_params(state, params)) if member.eval_params else params
 
     def step(carry: Any, batch: jax.Array) -> tuple[Any, jax.Array]:
       params, state = carry

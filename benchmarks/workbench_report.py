@@ -333,18 +333,21 @@ replacement for them.
   seed noise of each other; the tables say "tied" instead of ranking them. The best of
   {size["n_lrs"]} learning rates is chosen on the same seeds it is reported on, which flatters
   every member alike.
-- **Steps to target**: the first validation step at which the seed-mean curve at the best
-  learning rate is at or below the task's target: 1.05 x the median over members of their best
-  loss, or on the online problem the loss of x = -0.8 (validation is every few steps, so this
-  is a step count to within that interval).
+- **Steps to target**: the first validation step after step 0 at which the seed-mean curve
+  at the best learning rate is at or below the task's target: 1.05 x the median over members
+  of their best loss, or on the online problem the loss of x = -0.8 (validation is every few
+  steps, so this is a step count to within that interval).
 - **Cost**: time per step is that of the whole vmapped sweep of a member (all learning rates
   and seeds in one compiled program), over AdamW's on the same task: the optimizer's share of
   a step that also runs the model. State bytes per parameter are those of `optimizer.init`,
   float32 params; on the LM also under `adam_optax.quantized(optimizer, bits=8)` (leaves of
   4096 elements or more are quantized).
-- **Tasks**:
+
+### Tasks
 
 {tasks}
+
+### Members and their defaults
 
 | member | default lr | schedule | where the defaults come from |
 |---|---:|---|---|

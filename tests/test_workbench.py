@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tqdm import tqdm
 
 import adam_optax
 
@@ -17,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import workbench
 import workbench_members
 import workbench_report
+import workbench_tasks
 
 MEMBERS, TASKS = ["adam", "adamw"], ["lstsq", "digits"]
 
@@ -104,3 +106,21 @@ def test_a_member_missing_from_the_package_is_listed_not_run(monkeypatch):
   assert registry["amsgrad"].build is None and registry["adam"].build is not None
   results = workbench.run(workbench.SIZES["smoke"], ["amsgrad"], ["lstsq"], progress=False)
   assert results["not_available"] == ["amsgrad"] and results["tasks"]["lstsq"]["cells"] == {}
+
+
+def test_the_evaluated_point_is_kept_in_the_online_problems_box():
+  """An evaluation point off the box (Schedule-Free's x is an average) is projected first."""
+  far = workbench_members.Member(
+    "far",
+    1e-3,
+    "adam, evaluated at 100 x its params",
+    lambda lr, steps, options: adam_optax.adam(lr, **options),
+    eval_params=lambda state, params: 100.0 * params,
+  )
+  task = workbench_tasks.reddi_task(periods=4, evals=2)
+  with tqdm(disable=True) as bar:
+    (cell,) = workbench.run_task([far], task, workbench.SIZES["smoke"], bar).values()
+  xs = np.asarray(cell["final_x"])
+  assert np.all(np.abs(xs) <= 1.0) and np.any(np.abs(xs) == 1.0)  # 100 x left the box
+  final = np.asarray(cell["val"])[:, :, -1]
+  np.testing.assert_allclose(final, workbench_tasks.MEAN_GRADIENT * (xs + 1.0), rtol=1e-6)
