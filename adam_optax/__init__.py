@@ -5,6 +5,8 @@ pure ``init(params) -> state`` and ``update(grads, state, params) -> (updates,
 state)``; optimizers are ``optax.chain``s of the building blocks below.
 """
 
+from adam_optax._adam_atan2 import adam_atan2 as adam_atan2
+from adam_optax._adam_atan2 import scale_by_atan as scale_by_atan
 from adam_optax._alias import adam as adam
 from adam_optax._bias_correction import BiasCorrectionState as BiasCorrectionState
 from adam_optax._bias_correction import bias_correction as bias_correction
@@ -57,6 +59,7 @@ __all__ = [
   "StateMemory",
   "StochasticRoundingState",
   "adam",
+  "adam_atan2",
   "adamax",
   "adamw",
   "add_decayed_weights",
@@ -70,6 +73,7 @@ __all__ = [
   "nonfinite_report",
   "quantized",
   "restore_target",
+  "scale_by_atan",
   "scale_by_lr",
   "scale_by_moments",
   "sharded_train_step",
