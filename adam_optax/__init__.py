@@ -39,6 +39,8 @@ from adam_optax._sharding import init_sharded as init_sharded
 from adam_optax._sharding import sharded_train_step as sharded_train_step
 from adam_optax._sharding import state_memory as state_memory
 from adam_optax._sharding import state_shardings as state_shardings
+from adam_optax._stable_adamw import clip_by_update_rms as clip_by_update_rms
+from adam_optax._stable_adamw import stable_adamw as stable_adamw
 from adam_optax._stochastic_rounding import StochasticRoundingState as StochasticRoundingState
 from adam_optax._stochastic_rounding import stochastic_rounding as stochastic_rounding
 from adam_optax._weight_decay import AddDecayedWeightsState as AddDecayedWeightsState
@@ -66,6 +68,7 @@ __all__ = [
   "amsgrad",
   "bias_correction",
   "bucket",
+  "clip_by_update_rms",
   "init_sharded",
   "kahan_summation",
   "nadam",
@@ -78,6 +81,7 @@ __all__ = [
   "scale_by_moments",
   "sharded_train_step",
   "skip_nonfinite",
+  "stable_adamw",
   "state_from_optax",
   "state_from_torch",
   "state_memory",

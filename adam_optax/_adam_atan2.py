@@ -14,17 +14,9 @@ import jax.numpy as jnp
 import optax
 
 from adam_optax import _numerics as num
-from adam_optax._bias_correction import bias_correction
-from adam_optax._learning_rate import scale_by_lr
-from adam_optax._moments import scale_by_moments
+from adam_optax._moment_chain import moment_chain
 from adam_optax._trees import check_inexact_leaves
-from adam_optax._validation import (
-  check_moment_hyperparameters,
-  check_nonnegative,
-  check_rate,
-  concrete_scalar,
-)
-from adam_optax._weight_decay import decayed_weights
+from adam_optax._validation import check_nonnegative, concrete_scalar
 
 
 def scale_by_atan(a: Any = 1.27, b: Any = 1.0) -> optax.GradientTransformation:
@@ -169,20 +161,18 @@ def adam_atan2(
     Optimizers*, ICML 2024, https://arxiv.org/abs/2407.05872.
   """
   owner = "adam_atan2"
-  learning_rate = check_rate(owner, "learning_rate", learning_rate)
-  weight_decay = check_rate(owner, "weight_decay", weight_decay)
-  b1, b2, _, _, mu_dtype, nu_dtype = check_moment_hyperparameters(
-    owner, b1, b2, 0.0, 0.0, mu_dtype, nu_dtype
+  return moment_chain(
+    owner,
+    learning_rate,
+    b1,
+    b2,
+    0.0,
+    weight_decay=weight_decay,
+    mask=mask,
+    mu_dtype=mu_dtype,
+    nu_dtype=nu_dtype,
+    direction=[_atan(owner, a, b)],
   )
-  parts = [
-    scale_by_moments(b1, b2, 0.0, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-    bias_correction(b1, b2),
-    _atan(owner, a, b),
-  ]
-  if not (isinstance(weight_decay, float) and weight_decay == 0.0):
-    parts.append(decayed_weights(owner, weight_decay, mask))
-  parts.append(scale_by_lr(learning_rate))
-  return optax.chain(*parts)
 
 
 def _atan(owner: str, a: Any, b: Any) -> optax.GradientTransformation:

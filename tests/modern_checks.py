@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 import adam_optax
-from tests.references import run_optax
+from tests.references import run_optax, run_torch
 
 SIZE = 24
 STEPS = 100
@@ -189,3 +189,27 @@ def run_problems(
   params = {name: start(dtype) for name in names}
   trajectory = run_optax(optimizer, grads, params)
   return {name: trajectory[:, i * SIZE : (i + 1) * SIZE] for i, name in enumerate(names)}
+
+
+def linear_decay(count):
+  """A schedule, 3e-2 -> 3e-3 over the 100 steps, in the precision of the count it gets."""
+  return 3e-2 - 2.7e-2 * jnp.minimum(count, 100) / 100
+
+
+def run_torch_problems(make: Callable, learning_rate, dtype=np.float32) -> dict[str, np.ndarray]:
+  """``make(params, lr)`` (a torch optimizer) on each of the :func:`problems`.
+
+  A schedule ``learning_rate`` is set into the optimizer's group before each step.
+  """
+
+  def schedule(optimizer, count):
+    optimizer.param_groups[0]["lr"] = float(learning_rate(count))
+
+  scheduled = callable(learning_rate)
+  rate = 1.0 if scheduled else learning_rate
+  return {
+    name: run_torch(
+      lambda p: make(p, rate), grads, start(dtype), before_step=schedule if scheduled else None
+    )
+    for name, grads in problems(dtype).items()
+  }

@@ -14,8 +14,15 @@ import pytest
 from adam_atan2_pytorch import AdamAtan2
 
 import adam_optax
-from tests.modern_checks import check_composes, problems, run_problems, start
-from tests.references import normwise_error, run_optax, run_torch
+from tests.modern_checks import (
+  check_composes,
+  linear_decay,
+  problems,
+  run_problems,
+  run_torch_problems,
+  start,
+)
+from tests.references import normwise_error, run_optax
 
 A, B = 1.27, 1.0
 
@@ -36,10 +43,6 @@ def paper(grads, params, lr, b1=0.9, b2=0.99, a=A, b=B, weight_decay=0.0):
   return np.stack(trajectory)
 
 
-def linear_decay(count):  # linear decay 3e-2 -> 3e-3 over 100 steps, in the count's precision
-  return 3e-2 - 2.7e-2 * jnp.minimum(count, 100) / 100
-
-
 CASES = {  # (learning rate, b1, b2, a, b, weight decay)
   "defaults": (1e-2, 0.9, 0.99, A, B, 0.0),
   "decay": (1e-2, 0.9, 0.99, A, B, 0.1),
@@ -55,16 +58,11 @@ def _ours(lr, b1, b2, a, b, wd):
 def test_matches_adam_atan2_pytorch_in_float32(case):
   lr, b1, b2, a, b, wd = CASES[case]
 
-  def schedule(optimizer, count):
-    optimizer.param_groups[0]["lr"] = float(lr(count))
-
-  def make(p):
-    return AdamAtan2(p, lr=1.0 if callable(lr) else lr, betas=(b1, b2), weight_decay=wd, a=a, b=b)
+  def make(p, rate):
+    return AdamAtan2(p, lr=rate, betas=(b1, b2), weight_decay=wd, a=a, b=b)
 
   ours = run_problems(_ours(lr, b1, b2, a, b, wd), np.float32)
-  for problem, grads in problems(np.float32).items():
-    before_step = schedule if callable(lr) else None
-    theirs = run_torch(make, grads, start(np.float32), before_step=before_step)
+  for problem, theirs in run_torch_problems(make, lr).items():
     assert normwise_error(ours[problem], theirs) < 1e-5, problem
 
 
