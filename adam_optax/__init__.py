@@ -12,6 +12,7 @@ from adam_optax._bias_correction import BiasCorrectionState as BiasCorrectionSta
 from adam_optax._bias_correction import bias_correction as bias_correction
 from adam_optax._buckets import BucketLayout as BucketLayout
 from adam_optax._buckets import bucket as bucket
+from adam_optax._cautious import cautious as cautious
 from adam_optax._checkpoint import restore_target as restore_target
 from adam_optax._family import adamax as adamax
 from adam_optax._family import adamw as adamw
@@ -68,6 +69,7 @@ __all__ = [
   "amsgrad",
   "bias_correction",
   "bucket",
+  "cautious",
   "clip_by_update_rms",
   "init_sharded",
   "kahan_summation",

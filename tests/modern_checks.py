@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import chex
@@ -213,3 +214,13 @@ def run_torch_problems(make: Callable, learning_rate, dtype=np.float32) -> dict[
     )
     for name, grads in problems(dtype).items()
   }
+
+
+def corrected_moments(grads, b1: float, b2: float):
+  """Yields ``(t, g, m_hat, v_hat)`` for each gradient: Adam's bias-corrected EMAs in float64."""
+  m = v = 0.0
+  for t, g in enumerate(grads, start=1):
+    g = np.asarray(g, np.float64)
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    yield t, g, m / -math.expm1(t * math.log(b1)), v / -math.expm1(t * math.log(b2))

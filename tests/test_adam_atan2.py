@@ -6,8 +6,6 @@ of the loss (bit for bit for powers of two), where Adam's is not.
 
 from __future__ import annotations
 
-import math
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from adam_atan2_pytorch import AdamAtan2
 import adam_optax
 from tests.modern_checks import (
   check_composes,
+  corrected_moments,
   linear_decay,
   problems,
   run_problems,
@@ -30,13 +29,8 @@ A, B = 1.27, 1.0
 def paper(grads, params, lr, b1=0.9, b2=0.99, a=A, b=B, weight_decay=0.0):
   """Everett et al. (2024), Adam-atan2, in float64; ``lr`` a number or a function of the step."""
   theta = np.asarray(params, np.float64)
-  m, v = np.zeros_like(theta), np.zeros_like(theta)
   trajectory = []
-  for t, g in enumerate(grads, start=1):
-    g = np.asarray(g, np.float64)
-    m = b1 * m + (1 - b1) * g
-    v = b2 * v + (1 - b2) * g * g
-    m_hat, v_hat = m / -math.expm1(t * math.log(b1)), v / -math.expm1(t * math.log(b2))
+  for t, _, m_hat, v_hat in corrected_moments(grads, b1, b2):
     rate = lr(t - 1) if callable(lr) else lr
     theta = theta - rate * (a * np.arctan2(m_hat, b * np.sqrt(v_hat)) + weight_decay * theta)
     trajectory.append(theta)
