@@ -56,7 +56,11 @@ def scale_by_atan(a: Any = 1.27, b: Any = 1.0) -> optax.GradientTransformation:
     Everett et al., *Scaling Exponents Across Parameterizations and
     Optimizers*, ICML 2024, https://arxiv.org/abs/2407.05872, Section 4.3.
   """
-  owner = "scale_by_atan"
+  return atan_transform("scale_by_atan", a, b)
+
+
+def atan_transform(owner: str, a: Any, b: Any) -> optax.GradientTransformation:
+  """:func:`scale_by_atan`, validated and reporting errors in ``owner``'s name."""
   a = check_nonnegative(owner, "a", a)
   b = check_nonnegative(owner, "b", b)
   if concrete_scalar(b) == 0.0:
@@ -171,13 +175,5 @@ def adam_atan2(
     mask=mask,
     mu_dtype=mu_dtype,
     nu_dtype=nu_dtype,
-    direction=[_atan(owner, a, b)],
+    direction=[atan_transform(owner, a, b)],
   )
-
-
-def _atan(owner: str, a: Any, b: Any) -> optax.GradientTransformation:
-  """:func:`scale_by_atan`, its errors reported in ``owner``'s name."""
-  try:
-    return scale_by_atan(a, b)
-  except ValueError as error:
-    raise ValueError(str(error).replace("scale_by_atan(", f"{owner}(", 1)) from None
