@@ -5,11 +5,14 @@ pure ``init(params) -> state`` and ``update(grads, state, params) -> (updates,
 state)``; optimizers are ``optax.chain``s of the building blocks below.
 """
 
+from adam_optax._adam_atan2 import adam_atan2 as adam_atan2
+from adam_optax._adam_atan2 import scale_by_atan as scale_by_atan
 from adam_optax._alias import adam as adam
 from adam_optax._bias_correction import BiasCorrectionState as BiasCorrectionState
 from adam_optax._bias_correction import bias_correction as bias_correction
 from adam_optax._buckets import BucketLayout as BucketLayout
 from adam_optax._buckets import bucket as bucket
+from adam_optax._cautious import cautious as cautious
 from adam_optax._checkpoint import restore_target as restore_target
 from adam_optax._family import adamax as adamax
 from adam_optax._family import adamw as adamw
@@ -37,6 +40,8 @@ from adam_optax._sharding import init_sharded as init_sharded
 from adam_optax._sharding import sharded_train_step as sharded_train_step
 from adam_optax._sharding import state_memory as state_memory
 from adam_optax._sharding import state_shardings as state_shardings
+from adam_optax._stable_adamw import clip_by_update_rms as clip_by_update_rms
+from adam_optax._stable_adamw import stable_adamw as stable_adamw
 from adam_optax._stochastic_rounding import StochasticRoundingState as StochasticRoundingState
 from adam_optax._stochastic_rounding import stochastic_rounding as stochastic_rounding
 from adam_optax._weight_decay import AddDecayedWeightsState as AddDecayedWeightsState
@@ -57,12 +62,15 @@ __all__ = [
   "StateMemory",
   "StochasticRoundingState",
   "adam",
+  "adam_atan2",
   "adamax",
   "adamw",
   "add_decayed_weights",
   "amsgrad",
   "bias_correction",
   "bucket",
+  "cautious",
+  "clip_by_update_rms",
   "init_sharded",
   "kahan_summation",
   "nadam",
@@ -70,10 +78,12 @@ __all__ = [
   "nonfinite_report",
   "quantized",
   "restore_target",
+  "scale_by_atan",
   "scale_by_lr",
   "scale_by_moments",
   "sharded_train_step",
   "skip_nonfinite",
+  "stable_adamw",
   "state_from_optax",
   "state_from_torch",
   "state_memory",
