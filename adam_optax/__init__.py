@@ -32,6 +32,12 @@ from adam_optax._moments import scale_by_moments as scale_by_moments
 from adam_optax._quantize import QuantizedArray as QuantizedArray
 from adam_optax._quantized import QuantizedState as QuantizedState
 from adam_optax._quantized import quantized as quantized
+from adam_optax._schedule_free import ScheduleFreeAverageState as ScheduleFreeAverageState
+from adam_optax._schedule_free import schedule_free_adamw as schedule_free_adamw
+from adam_optax._schedule_free import schedule_free_average as schedule_free_average
+from adam_optax._schedule_free import schedule_free_eval_params as schedule_free_eval_params
+from adam_optax._second_moment import ScaleBySecondMomentState as ScaleBySecondMomentState
+from adam_optax._second_moment import scale_by_second_moment as scale_by_second_moment
 from adam_optax._sharding import StateMemory as StateMemory
 from adam_optax._sharding import init_sharded as init_sharded
 from adam_optax._sharding import sharded_train_step as sharded_train_step
@@ -53,6 +59,8 @@ __all__ = [
   "QuantizedState",
   "ScaleByLrState",
   "ScaleByMomentsState",
+  "ScaleBySecondMomentState",
+  "ScheduleFreeAverageState",
   "SkipNonfiniteState",
   "StateMemory",
   "StochasticRoundingState",
@@ -72,6 +80,10 @@ __all__ = [
   "restore_target",
   "scale_by_lr",
   "scale_by_moments",
+  "scale_by_second_moment",
+  "schedule_free_adamw",
+  "schedule_free_average",
+  "schedule_free_eval_params",
   "sharded_train_step",
   "skip_nonfinite",
   "state_from_optax",
