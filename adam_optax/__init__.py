@@ -5,6 +5,12 @@ pure ``init(params) -> state`` and ``update(grads, state, params) -> (updates,
 state)``; optimizers are ``optax.chain``s of the building blocks below.
 """
 
+from adam_optax._adam_mini import Blocks as Blocks
+from adam_optax._adam_mini import ScaleByBlockMomentsState as ScaleByBlockMomentsState
+from adam_optax._adam_mini import adam_mini as adam_mini
+from adam_optax._adam_mini import adam_mini_blocks as adam_mini_blocks
+from adam_optax._adam_mini import blocks_by_shape as blocks_by_shape
+from adam_optax._adam_mini import scale_by_block_moments as scale_by_block_moments
 from adam_optax._alias import adam as adam
 from adam_optax._bias_correction import BiasCorrectionState as BiasCorrectionState
 from adam_optax._bias_correction import bias_correction as bias_correction
@@ -27,6 +33,9 @@ from adam_optax._kahan import KahanSummationState as KahanSummationState
 from adam_optax._kahan import kahan_summation as kahan_summation
 from adam_optax._learning_rate import ScaleByLrState as ScaleByLrState
 from adam_optax._learning_rate import scale_by_lr as scale_by_lr
+from adam_optax._mars import ScaleByMarsCorrectionState as ScaleByMarsCorrectionState
+from adam_optax._mars import mars_adamw as mars_adamw
+from adam_optax._mars import scale_by_mars_correction as scale_by_mars_correction
 from adam_optax._moments import ScaleByMomentsState as ScaleByMomentsState
 from adam_optax._moments import scale_by_moments as scale_by_moments
 from adam_optax._quantize import QuantizedArray as QuantizedArray
@@ -53,11 +62,14 @@ __version__ = "0.1.0"
 __all__ = [
   "AddDecayedWeightsState",
   "BiasCorrectionState",
+  "Blocks",
   "BucketLayout",
   "KahanSummationState",
   "QuantizedArray",
   "QuantizedState",
+  "ScaleByBlockMomentsState",
   "ScaleByLrState",
+  "ScaleByMarsCorrectionState",
   "ScaleByMomentsState",
   "ScaleBySecondMomentState",
   "ScheduleFreeAverageState",
@@ -65,20 +77,26 @@ __all__ = [
   "StateMemory",
   "StochasticRoundingState",
   "adam",
+  "adam_mini",
+  "adam_mini_blocks",
   "adamax",
   "adamw",
   "add_decayed_weights",
   "amsgrad",
   "bias_correction",
+  "blocks_by_shape",
   "bucket",
   "init_sharded",
   "kahan_summation",
+  "mars_adamw",
   "nadam",
   "nadamw",
   "nonfinite_report",
   "quantized",
   "restore_target",
+  "scale_by_block_moments",
   "scale_by_lr",
+  "scale_by_mars_correction",
   "scale_by_moments",
   "scale_by_second_moment",
   "schedule_free_adamw",

@@ -30,7 +30,7 @@ from adam_optax._validation import (
   check_rate,
   concrete_scalar,
 )
-from adam_optax._weight_decay import decayed_weights
+from adam_optax._weight_decay import optional_decayed_weights
 
 _OWNER = "schedule_free_average"
 BiasCorrection = Literal["learning_rate", "second_moment"]
@@ -315,7 +315,6 @@ def schedule_free_adamw(
   weight_lr_power = check_nonnegative(owner, "weight_lr_power", weight_lr_power)
   nu_dtype = check_float_dtype(owner, "nu_dtype", nu_dtype)
   warmup_steps = _check_steps(owner, "warmup_steps", warmup_steps)
-  weight_decay = check_rate(owner, "weight_decay", weight_decay)
   check_choice(owner, "bias_correction", bias_correction, ("learning_rate", "second_moment"))
   in_rate = bias_correction == "learning_rate"
   rate = schedule_free_rate(learning_rate, warmup_steps, b2 if in_rate else None)
@@ -326,8 +325,7 @@ def schedule_free_adamw(
   ]
   if not in_rate:
     parts.append(bias_correction_block(None, b2))
-  if mask is not None or not _is_zero(weight_decay):
-    parts.append(decayed_weights(owner, weight_decay, mask))
+  parts += optional_decayed_weights(owner, weight_decay, mask)
   parts += [
     scale_by_lr(rate),
     schedule_free_average(rate, b1, weight_lr_power),

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+import adam_optax
 
 GradFn = Callable[[np.ndarray, int], np.ndarray]  # (params in float64, step) -> gradient
 STEPS = 100
@@ -79,15 +82,41 @@ def all_problems() -> tuple[np.ndarray, GradFn]:
   return np.concatenate([params for params, _ in parts]), grad
 
 
+Shapes = dict[str, tuple[int, ...]]  # a tree's leaves, by name, in the flat vector's order
+
+
+def unflatten(flat: np.ndarray, shapes: Shapes) -> dict[str, np.ndarray]:
+  """The flat vector cut into named leaves, in ``shapes``' order."""
+  sizes = [int(np.prod(shape)) for shape in shapes.values()]
+  pieces = np.split(np.asarray(flat), np.cumsum(sizes)[:-1])
+  return {
+    name: piece.reshape(shape) for (name, shape), piece in zip(shapes.items(), pieces, strict=True)
+  }
+
+
+def flatten(tree: dict, shapes: Shapes) -> np.ndarray:
+  """The named leaves of ``tree`` as one vector, in ``shapes``' order."""
+  return np.concatenate([np.ravel(np.asarray(tree[name])) for name in shapes])
+
+
 def run_ours(
   optimizer: optax.GradientTransformation,
   params: np.ndarray,
   grad: GradFn,
   dtype=np.float32,
   steps: int = STEPS,
+  shapes: Shapes | None = None,
 ) -> tuple[np.ndarray, optax.OptState]:
-  """``optimizer`` (jitted) on ``grad`` from ``params``: the trajectory and the last state."""
-  y = jnp.asarray(params, dtype)
+  """``optimizer`` (jitted) on ``grad`` from ``params``: the trajectory and the last state.
+
+  With ``shapes``, the optimizer sees a dict of leaves cut from the flat vector.
+  """
+  if shapes is None:
+    y = jnp.asarray(params, dtype)
+    as_vector = np.asarray
+  else:
+    y = jax.tree.map(lambda a: jnp.asarray(a, dtype), unflatten(params, shapes))
+    as_vector = lambda tree: flatten(tree, shapes)  # noqa: E731
   state = optimizer.init(y)
 
   @jax.jit
@@ -97,9 +126,9 @@ def run_ours(
 
   rows = []
   for t in range(steps):
-    g = jnp.asarray(grad(np.asarray(y, np.float64), t), dtype)
-    y, state = step(y, state, g)
-    rows.append(np.asarray(y))
+    g = grad(as_vector(y).astype(np.float64), t).astype(dtype)
+    y, state = step(y, state, g if shapes is None else unflatten(g, shapes))
+    rows.append(as_vector(y))
   return np.stack(rows), state
 
 
@@ -111,23 +140,35 @@ def run_torch(
   steps: int = STEPS,
   *,
   before_step: Callable[[object, int], None] | None = None,
+  shapes: Shapes | None = None,
 ) -> tuple[np.ndarray, object]:
   """A torch optimizer (``make_optimizer([p])``) on ``grad``: the trajectory and the optimizer.
 
   ``before_step(optimizer, step)`` may set a scheduled ``lr`` in its groups.
+  With ``shapes``, ``make_optimizer`` gets ``[(name, tensor), ...]`` instead
+  (``named_parameters()``), one tensor per leaf cut from the flat vector.
   """
   import torch
 
-  param = torch.tensor(np.asarray(params, dtype), requires_grad=True)
-  optimizer = make_optimizer([param])
+  leaves = {"": np.asarray(params)} if shapes is None else unflatten(params, shapes)
+  tensors = {
+    name: torch.tensor(np.asarray(leaf, dtype), requires_grad=True) for name, leaf in leaves.items()
+  }
+  optimizer = make_optimizer(list(tensors.values()) if shapes is None else list(tensors.items()))
+
+  def vector() -> np.ndarray:
+    return np.concatenate([np.ravel(t.detach().numpy()) for t in tensors.values()])
+
   rows = []
   for t in range(steps):
     if before_step is not None:
       before_step(optimizer, t)
-    g = grad(param.detach().numpy().astype(np.float64), t)
-    param.grad = torch.tensor(g.astype(dtype))
+    g = grad(vector().astype(np.float64), t).astype(dtype)
+    pieces = {"": g} if shapes is None else unflatten(g, shapes)
+    for name, tensor in tensors.items():
+      tensor.grad = torch.tensor(pieces[name])
     optimizer.step()  # type: ignore[attr-defined]
-    rows.append(param.detach().numpy().copy())
+    rows.append(vector().copy())
   return np.stack(rows), optimizer
 
 
@@ -144,3 +185,47 @@ def run_numpy(
     p = step(p, grad(p, t), t + 1)
     rows.append(p)
   return np.stack(rows)
+
+
+def assert_injected_rate_matches_schedule(
+  factory: Callable[..., optax.GradientTransformation],
+  params: optax.Params,
+  loss: Callable[[optax.Params], jax.Array],
+  static_args: tuple[str, ...] = (),
+  **kwargs,
+) -> optax.OptState:
+  """``inject_hyperparams(factory)`` inside ``MultiSteps(k=1)`` and ``skip_nonfinite``.
+
+  A learning rate changed at every step compiles the step once and gives the
+  run of ``factory(schedule)`` with the same rates. Returns the injected state.
+  """
+
+  def schedule(count):
+    return 1e-2 / (1 + count)
+
+  injected = optax.inject_hyperparams(factory, static_args=static_args)(
+    learning_rate=1e-2, **kwargs
+  )
+  wrapped = adam_optax.skip_nonfinite(optax.MultiSteps(injected, 1).gradient_transformation())
+
+  def run(optimizer, before_step=None, max_traces=None):
+    p, state = params, optimizer.init(params)
+
+    def step(p, state):
+      updates, state = optimizer.update(jax.grad(loss)(p), state, p)
+      return optax.apply_updates(p, updates), state
+
+    step = jax.jit(chex.assert_max_traces(step, n=max_traces) if max_traces else step)
+    for count in range(3):
+      if before_step is not None:
+        before_step(state, count)
+      p, state = step(p, state)
+    return p, state
+
+  def set_rate(state, count):
+    state.inner_state.inner_opt_state.hyperparams["learning_rate"] = jnp.asarray(schedule(count))
+
+  ours, state = run(wrapped, set_rate, max_traces=1)
+  expected, _ = run(factory(schedule, **kwargs))
+  chex.assert_trees_all_close(ours, expected, rtol=1e-6)
+  return state

@@ -18,7 +18,14 @@ import pytest
 import schedulefree
 
 import adam_optax
-from tests.closed_loop import PROBLEMS, all_problems, run_numpy, run_ours, run_torch
+from tests.closed_loop import (
+  PROBLEMS,
+  all_problems,
+  assert_injected_rate_matches_schedule,
+  run_numpy,
+  run_ours,
+  run_torch,
+)
 from tests.references import normwise_error
 
 TORCH_CLASS = {
@@ -188,26 +195,18 @@ def test_jit_with_donation_equals_eager_and_keeps_state_dtypes(strict_promotion)
 
 
 def test_inject_hyperparams_does_not_recompile_and_matches_plain():
-  injected = optax.inject_hyperparams(adam_optax.schedule_free_adamw)(
-    learning_rate=1e-2, b1=0.9, weight_decay=0.1
+  # An injected int (warmup_steps) is weakly typed at init and not after a MultiSteps update
+  # (optax's inject_hyperparams), which would compile the step twice: keep it static.
+  state = assert_injected_rate_matches_schedule(
+    adam_optax.schedule_free_adamw,
+    _tree(),
+    _loss,
+    static_args=("warmup_steps",),
+    b1=0.9,
+    weight_decay=0.1,
   )
-  params = _tree()
-  state = injected.init(params)
-
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def step(params, state):
-    updates, state = injected.update(jax.grad(_loss)(params), state, params)
-    return optax.apply_updates(params, updates), state
-
-  for count in range(4):
-    state.hyperparams["learning_rate"] = jnp.asarray(1e-2 / (count + 1))
-    params, state = step(params, state)
-  plain = adam_optax.schedule_free_adamw(lambda count: 1e-2 / (count + 1), b1=0.9, weight_decay=0.1)
-  expected, _ = _train(plain, _tree(), steps=4)
-  chex.assert_trees_all_close(params, expected, rtol=1e-6)
-  eval_params = adam_optax.schedule_free_eval_params(state, params)
-  chex.assert_trees_all_equal_shapes(eval_params, params)
+  eval_params = adam_optax.schedule_free_eval_params(state, _tree())
+  chex.assert_trees_all_equal_shapes(eval_params, _tree())
 
 
 def test_chain_mask_multisteps_and_skip_nonfinite():
