@@ -96,6 +96,23 @@ def blocks_by_shape(path: tuple[Any, ...], shape: tuple[int, ...]) -> Blocks:
   as in Equinox and torch, pass a rule with ``Blocks.along(shape, 0)``).
   Attention's per-head blocks need to know which leaves are queries and keys:
   give a rule that says so (see the docs).
+
+  Args:
+    path: the leaf's path in the params (unused by this rule).
+    shape: the leaf's shape.
+
+  Returns:
+    The leaf's :class:`Blocks`.
+
+  Raises:
+    ValueError: never for a valid shape (a rule may raise for leaves it cannot cut).
+
+  Examples:
+    >>> import adam_optax
+    >>> adam_optax.blocks_by_shape((), (64, 256))  # a dense kernel (in, out)
+    Blocks(shape=(64, 256), axes=(0,))
+    >>> adam_optax.blocks_by_shape((), (256,))  # a bias: Adam
+    Blocks(shape=(256,), axes=())
   """
   del path
   if len(shape) < 2:
@@ -204,6 +221,15 @@ def scale_by_block_moments(
   Raises:
     ValueError: a hyperparameter outside its range, named in the message; at
       ``init``, a rule's answer that does not fit its leaf.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adam_optax
+    >>> whole = lambda path, shape: adam_optax.Blocks.whole(shape)
+    >>> moments = adam_optax.scale_by_block_moments(eps=0.0, blocks=whole)
+    >>> ratio, state = moments.update(jnp.array([3.0, 4.0]), moments.init(jnp.zeros(2)))
+    >>> state.nu.round(6)  # (1 - b2) * mean(g^2) = 0.001 * 12.5: one v for both entries
+    Array([0.0125], dtype=float32)
   """
   owner = _OWNER
   b1, b2, eps, eps_root, mu_dtype, nu_dtype = check_moment_hyperparameters(
