@@ -7,6 +7,12 @@ state)``; optimizers are ``optax.chain``s of the building blocks below.
 
 from adam_optax._adam_atan2 import adam_atan2 as adam_atan2
 from adam_optax._adam_atan2 import scale_by_atan as scale_by_atan
+from adam_optax._adam_mini import Blocks as Blocks
+from adam_optax._adam_mini import ScaleByBlockMomentsState as ScaleByBlockMomentsState
+from adam_optax._adam_mini import adam_mini as adam_mini
+from adam_optax._adam_mini import adam_mini_blocks as adam_mini_blocks
+from adam_optax._adam_mini import blocks_by_shape as blocks_by_shape
+from adam_optax._adam_mini import scale_by_block_moments as scale_by_block_moments
 from adam_optax._alias import adam as adam
 from adam_optax._bias_correction import BiasCorrectionState as BiasCorrectionState
 from adam_optax._bias_correction import bias_correction as bias_correction
@@ -30,11 +36,20 @@ from adam_optax._kahan import KahanSummationState as KahanSummationState
 from adam_optax._kahan import kahan_summation as kahan_summation
 from adam_optax._learning_rate import ScaleByLrState as ScaleByLrState
 from adam_optax._learning_rate import scale_by_lr as scale_by_lr
+from adam_optax._mars import ScaleByMarsCorrectionState as ScaleByMarsCorrectionState
+from adam_optax._mars import mars_adamw as mars_adamw
+from adam_optax._mars import scale_by_mars_correction as scale_by_mars_correction
 from adam_optax._moments import ScaleByMomentsState as ScaleByMomentsState
 from adam_optax._moments import scale_by_moments as scale_by_moments
 from adam_optax._quantize import QuantizedArray as QuantizedArray
 from adam_optax._quantized import QuantizedState as QuantizedState
 from adam_optax._quantized import quantized as quantized
+from adam_optax._schedule_free import ScheduleFreeAverageState as ScheduleFreeAverageState
+from adam_optax._schedule_free import schedule_free_adamw as schedule_free_adamw
+from adam_optax._schedule_free import schedule_free_average as schedule_free_average
+from adam_optax._schedule_free import schedule_free_eval_params as schedule_free_eval_params
+from adam_optax._second_moment import ScaleBySecondMomentState as ScaleBySecondMomentState
+from adam_optax._second_moment import scale_by_second_moment as scale_by_second_moment
 from adam_optax._sharding import StateMemory as StateMemory
 from adam_optax._sharding import init_sharded as init_sharded
 from adam_optax._sharding import sharded_train_step as sharded_train_step
@@ -52,35 +67,50 @@ __version__ = "0.1.0"
 __all__ = [
   "AddDecayedWeightsState",
   "BiasCorrectionState",
+  "Blocks",
   "BucketLayout",
   "KahanSummationState",
   "QuantizedArray",
   "QuantizedState",
+  "ScaleByBlockMomentsState",
   "ScaleByLrState",
+  "ScaleByMarsCorrectionState",
   "ScaleByMomentsState",
+  "ScaleBySecondMomentState",
+  "ScheduleFreeAverageState",
   "SkipNonfiniteState",
   "StateMemory",
   "StochasticRoundingState",
   "adam",
   "adam_atan2",
+  "adam_mini",
+  "adam_mini_blocks",
   "adamax",
   "adamw",
   "add_decayed_weights",
   "amsgrad",
   "bias_correction",
+  "blocks_by_shape",
   "bucket",
   "cautious",
   "clip_by_update_rms",
   "init_sharded",
   "kahan_summation",
+  "mars_adamw",
   "nadam",
   "nadamw",
   "nonfinite_report",
   "quantized",
   "restore_target",
   "scale_by_atan",
+  "scale_by_block_moments",
   "scale_by_lr",
+  "scale_by_mars_correction",
   "scale_by_moments",
+  "scale_by_second_moment",
+  "schedule_free_adamw",
+  "schedule_free_average",
+  "schedule_free_eval_params",
   "sharded_train_step",
   "skip_nonfinite",
   "stable_adamw",

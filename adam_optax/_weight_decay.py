@@ -94,6 +94,22 @@ def decayed_weights(
   return decay_transform(owner, weight_decay, mask, decay_tree)
 
 
+def optional_decayed_weights(
+  owner: str,
+  weight_decay: optax.ScalarOrSchedule,
+  mask: Any | Callable[[optax.Params], Any] | None,
+) -> list[optax.GradientTransformation]:
+  """``[decayed_weights(...)]``, or ``[]`` for a concrete 0 without a mask (no pass over params).
+
+  A traced ``weight_decay`` (``inject_hyperparams``) or a schedule keeps the block.
+  """
+  weight_decay = check_rate(owner, "weight_decay", weight_decay)
+  zero = not isinstance(weight_decay, jax.core.Tracer) and not callable(weight_decay)
+  if zero and mask is None and weight_decay == 0:
+    return []
+  return [decayed_weights(owner, weight_decay, mask)]
+
+
 def decay_transform(
   owner: str,
   weight_decay: optax.ScalarOrSchedule,
