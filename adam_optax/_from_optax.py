@@ -175,22 +175,25 @@ def state_from_optax(
     counts.append(k)
     values[member.count] = np.asarray(k)
   values.update({i: np.asarray(k) for i, k in mig.step_counts(owner, target, counts).items()})
-  _carry_injected(optax_state, target, values)
+  _carry_injected(owner, optax_state, target, values)
   _carry_accumulation(owner, optax_state, target, values)
   return mig.build(target, values, shardings)
 
 
-def _carry_injected(optax_state: Any, target: mig.Target, values: dict[int, Any]) -> None:
+def _carry_injected(owner: str, optax_state: Any, target: mig.Target, values: dict) -> None:
   """Injected hyperparameters of the same name keep their values (one injector each side)."""
   given = _nodes(optax_state, _INJECTED)
   injected = _nodes(target.abstract, _INJECTED)
   if len(given) != 1 or len(injected) != 1:
     return
-  (path, node), (_, source) = injected[0], given[0]
+  (path, node), (source_path, source) = injected[0], given[0]
   for name in node.hyperparams:
     if name in source.hyperparams:
       leaf = (*path, jax.tree_util.GetAttrKey("hyperparams"), jax.tree_util.DictKey(name))
-      values[target.paths.index(leaf)] = np.asarray(source.hyperparams[name])
+      what = f"the injected hyperparameter {name} at {mig.where(source_path)}"
+      value = jax.device_get(source.hyperparams[name])
+      number = mig.hyperparameter(f"{owner}(optax_state=...)", what, value)
+      values[target.paths.index(leaf)] = np.asarray(number)
 
 
 def _carry_accumulation(owner: str, optax_state: Any, target: mig.Target, values: dict) -> None:

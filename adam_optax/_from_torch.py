@@ -222,7 +222,8 @@ def _hyperparameters(owner: str, member: mig.Member, k: int, state: Any = None) 
 
   def value(name: str) -> float | None:
     if name in member.hyper and state is not None:
-      return mig.scalar(state[member.hyper[name]])
+      what = f"the injected hyperparameter {name} of {recipe.member}(...)"
+      return mig.hyperparameter(f"{owner}(state=...)", what, state[member.hyper[name]])
     return mig.value_at(getattr(recipe, name), k)
 
   return {
@@ -517,7 +518,14 @@ def _set_injected(owner: str, member: mig.Member, torch: _Torch, numbers: list, 
   for name, index in member.hyper.items():
     if name not in torch_names:
       continue
-    found = {mig.scalar(torch_names[name](torch.groups[n])) for n in numbers}
+    found = {
+      mig.hyperparameter(
+        f"{owner}(torch_state=...)",
+        f"param_groups[{n}]'s {name}",
+        torch_names[name](torch.groups[n]),
+      )
+      for n in numbers
+    }
     if name == "weight_decay" and len(found) == 2:
       found.discard(0.0)  # the undecayed groups of a masked decay
     if len(found) != 1:

@@ -413,6 +413,18 @@ def number(owner: str, what: str, value: Any) -> float:
   return float(array)
 
 
+def hyperparameter(owner: str, what: str, value: Any) -> float:
+  """An injected hyperparameter read from a state or a param_group: one finite number.
+
+  Raises:
+    ValueError: ``value`` is not a single finite real number, naming ``what``.
+  """
+  result = number(owner, what, value)
+  if not math.isfinite(result):
+    raise ValueError(f"{owner}: {what} is {result!r}; expected a finite number")
+  return result
+
+
 def _is_float(array: np.ndarray) -> bool:
   return jnp.issubdtype(array.dtype, jnp.floating)  # np.issubdtype misses bfloat16
 

@@ -532,6 +532,25 @@ def test_a_damaged_optax_state_is_refused_naming_the_leaf(field, damage, message
     adam_optax.state_from_optax(adam_optax.adam(LR), params, state)
 
 
+def test_a_non_finite_injected_hyperparameter_is_refused_naming_it():
+  injected = optax.inject_hyperparams(adam_optax.adam)(learning_rate=LR, b1=B1, b2=B2, eps=EPS)
+  params, torch_optimizer = _trained_torch("adam")
+  sd = copy.deepcopy(torch_optimizer.state_dict())
+  sd["param_groups"][0]["lr"] = float("nan")
+  with pytest.raises(ValueError, match=r"param_groups\[0\]'s learning_rate is nan; expected a"):
+    adam_optax.state_from_torch(injected, params, sd)
+  source = optax.inject_hyperparams(optax.adam)(learning_rate=LR)
+  small = {"w": jnp.ones(3)}
+  state = source.init(small)
+  state.hyperparams["learning_rate"] = jnp.asarray(jnp.inf)
+  with pytest.raises(ValueError, match=r"hyperparameter learning_rate at <root> is inf; expected"):
+    adam_optax.state_from_optax(injected, small, state)
+  state = adam_optax.state_from_torch(injected, params, torch_optimizer)
+  state.hyperparams["b2"] = jnp.asarray(jnp.nan)
+  with pytest.raises(ValueError, match=r"injected hyperparameter b2 of adam\(...\) is nan"):
+    adam_optax.state_to_torch(injected, state, params)
+
+
 def test_errors_from_optax():
   params = {"w": jnp.ones((2, 3))}
   grads = {"w": jnp.full((2, 3), 0.5)}
