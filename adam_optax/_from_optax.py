@@ -38,8 +38,14 @@ def _copy(
   indices: tuple[int, ...],
   prefix: mig.KeyPath,
   values: dict[int, Any],
+  *,
+  second: bool = False,
 ) -> None:
-  """Copies a params-shaped source tree onto the target leaves under ``prefix``, by path."""
+  """Copies a params-shaped source tree onto the target leaves under ``prefix``, by path.
+
+  Each value is checked as :func:`adam_optax._migrate.check_moment` checks a
+  moment (a second moment with ``second``); accumulated gradients as a first one.
+  """
   given = _relative(source)
   wanted = {target.paths[i][len(prefix) :]: i for i in indices}
   if set(given) != set(wanted):
@@ -57,6 +63,9 @@ def _copy(
         f"{owner}(optax_state=...): {what} at {mig.where(path)} has shape {value.shape}, "
         f"but the param leaf has shape {tuple(shape)}"
       )
+    mig.check_moment(
+      f"{owner}(optax_state=...)", f"{what} (param leaf {mig.where(path)})", value, second=second
+    )
     values[index] = value
 
 
@@ -159,27 +168,32 @@ def state_from_optax(
           indices,
           prefix,
           values,
+          second=field != "mu",
         )
-    k = int(np.asarray(source.count))
+    count = jax.device_get(source.count)
+    k = mig.step_count(f"{owner}(optax_state=...)", f"the count at {mig.where(path)}", count)
     counts.append(k)
     values[member.count] = np.asarray(k)
   values.update({i: np.asarray(k) for i, k in mig.step_counts(owner, target, counts).items()})
-  _carry_injected(optax_state, target, values)
+  _carry_injected(owner, optax_state, target, values)
   _carry_accumulation(owner, optax_state, target, values)
   return mig.build(target, values, shardings)
 
 
-def _carry_injected(optax_state: Any, target: mig.Target, values: dict[int, Any]) -> None:
+def _carry_injected(owner: str, optax_state: Any, target: mig.Target, values: dict) -> None:
   """Injected hyperparameters of the same name keep their values (one injector each side)."""
   given = _nodes(optax_state, _INJECTED)
   injected = _nodes(target.abstract, _INJECTED)
   if len(given) != 1 or len(injected) != 1:
     return
-  (path, node), (_, source) = injected[0], given[0]
+  (path, node), (source_path, source) = injected[0], given[0]
   for name in node.hyperparams:
     if name in source.hyperparams:
       leaf = (*path, jax.tree_util.GetAttrKey("hyperparams"), jax.tree_util.DictKey(name))
-      values[target.paths.index(leaf)] = np.asarray(source.hyperparams[name])
+      what = f"the injected hyperparameter {name} at {mig.where(source_path)}"
+      value = jax.device_get(source.hyperparams[name])
+      number = mig.hyperparameter(f"{owner}(optax_state=...)", what, value)
+      values[target.paths.index(leaf)] = np.asarray(number)
 
 
 def _carry_accumulation(owner: str, optax_state: Any, target: mig.Target, values: dict) -> None:
@@ -189,17 +203,22 @@ def _carry_accumulation(owner: str, optax_state: Any, target: mig.Target, values
   if len(given) != 1:
     return
   path, source = given[0]
+  mini_step = mig.step_count(
+    f"{owner}(optax_state=...)",
+    f"optax.MultiSteps' mini_step at {mig.where(path)}",
+    jax.device_get(source.mini_step),
+  )
   if len(accumulating) != 1:
-    if int(np.asarray(source.mini_step)) != 0:
+    if mini_step != 0:
       raise ValueError(
         f"{owner}(optax_state=...): optax.MultiSteps at {mig.where(path)} is in the middle "
-        f"of accumulating (mini_step={int(np.asarray(source.mini_step))}) and the optimizer "
+        f"of accumulating (mini_step={mini_step}) and the optimizer "
         "does not accumulate: convert after a full step"
       )
     return
   target_path = accumulating[0][0]
   mini = (*target_path, jax.tree_util.GetAttrKey("mini_step"))
-  values[target.paths.index(mini)] = np.asarray(source.mini_step)
+  values[target.paths.index(mini)] = np.asarray(mini_step)
   prefix = (*target_path, jax.tree_util.GetAttrKey("acc_grads"))
   indices = tuple(i for i, p in enumerate(target.paths) if p[: len(prefix)] == prefix)
   _copy(owner, "MultiSteps' acc_grads", source.acc_grads, target, indices, prefix, values)

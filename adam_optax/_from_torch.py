@@ -23,7 +23,6 @@ from adam_optax._quantized import dequantized, quantize_like, quantized_layout, 
 
 Indices = Any  # None, a tree of ints/strs shaped like the params, or a callable
 Axes = Any  # None, a tree of None/tuples shaped like the params, or a callable
-_INT32_MAX = 2**31 - 1
 _EXACT_FLOAT32 = 2**24  # torch's float32 step stops counting here (2^24 + 1 rounds down)
 
 
@@ -194,16 +193,6 @@ def _leaf_ids(owner: str, params: Any, indices: Indices, torch: _Torch) -> list[
   return ids
 
 
-def _step(owner: str, value: Any, where: str) -> int:
-  step = float(_numpy(value))
-  if not (math.isfinite(step) and step == int(step) and 0 <= step <= _INT32_MAX):
-    raise ValueError(
-      f"{owner}(torch_state=...): {where} has step {step!r}; expected a whole number of "
-      f"steps in [0, {_INT32_MAX}]"
-    )
-  return int(step)
-
-
 def _log_momentum_product(b1: float, psi: float, steps: int) -> float:
   r"""``log`` of torch NAdam's ``mu_product`` :math:`\prod_{i \le t} \beta_1 (1 - 0.96^{i\psi}/2)`.
 
@@ -233,7 +222,8 @@ def _hyperparameters(owner: str, member: mig.Member, k: int, state: Any = None) 
 
   def value(name: str) -> float | None:
     if name in member.hyper and state is not None:
-      return mig.scalar(state[member.hyper[name]])
+      what = f"the injected hyperparameter {name} of {recipe.member}(...)"
+      return mig.hyperparameter(f"{owner}(state=...)", what, state[member.hyper[name]])
     return mig.value_at(getattr(recipe, name), k)
 
   return {
@@ -425,6 +415,7 @@ def state_from_torch(
       )
   values: dict[int, Any] = {}
   counts, problems = [], []
+  reading = f"{owner}(torch_state=...)"
   for member in target.members:
     kind = _kind_of_member(owner, member)
     steps: dict[int, tuple[int, str]] = {}
@@ -440,7 +431,8 @@ def state_from_torch(
           f"{owner}(torch_state=...): {label} lacks {missing} in its state; "
           f"{kind} keeps {list(kind.keys)}"
         )
-      steps[_step(owner, entry.get("step", 0), label)] = (j, label)
+      step = mig.step_count(reading, f"{label}'s step", _numpy(entry.get("step", 0)))
+      steps[step] = (j, label)
       fields = [
         ("exp_avg", member.mu),
         ("exp_inf" if kind.name == "Adamax" else "exp_avg_sq", member.nu),
@@ -452,6 +444,7 @@ def state_from_torch(
         values[index] = _from_layout(
           owner, entry.get(key), target.leaves[index].shape, permutations[j], f"{label}'s {key}"
         )
+        mig.check_moment(reading, f"{label}'s {key}", values[index], second=key != "exp_avg")
     if len(steps) > 1:
       (s1, (_, l1)), (s2, (_, l2)) = sorted(steps.items())[:2]
       raise ValueError(
@@ -525,7 +518,14 @@ def _set_injected(owner: str, member: mig.Member, torch: _Torch, numbers: list, 
   for name, index in member.hyper.items():
     if name not in torch_names:
       continue
-    found = {mig.scalar(torch_names[name](torch.groups[n])) for n in numbers}
+    found = {
+      mig.hyperparameter(
+        f"{owner}(torch_state=...)",
+        f"param_groups[{n}]'s {name}",
+        torch_names[name](torch.groups[n]),
+      )
+      for n in numbers
+    }
     if name == "weight_decay" and len(found) == 2:
       found.discard(0.0)  # the undecayed groups of a masked decay
     if len(found) != 1:
@@ -542,10 +542,15 @@ def _check_mu_product(owner: str, member: mig.Member, torch: _Torch, ids: list, 
     group = torch.groups[torch.group_of[ids[j]]]
     b1, psi = mig.scalar(group["betas"][0]), mig.scalar(group["momentum_decay"])
     expected = math.exp(_log_momentum_product(b1, psi, k))
-    got = float(_numpy(torch.state[ids[j]]["mu_product"]))
+    number = torch.order.index(ids[j])
+    got = mig.number(
+      f"{owner}(torch_state=...)",
+      f"torch parameter {number}'s mu_product",
+      _numpy(torch.state[ids[j]]["mu_product"]),
+    )
     if not math.isclose(got, expected, rel_tol=1e-3, abs_tol=1e-30):
       raise ValueError(
-        f"{owner}(torch_state=...): torch parameter {torch.order.index(ids[j])} has "
+        f"{owner}(torch_state=...): torch parameter {number} has "
         f"mu_product {got!r}, but {k} steps of NAdam with b1={b1} and momentum_decay={psi} "
         f"give {expected!r}: the state's step and mu_product disagree"
       )
@@ -655,9 +660,11 @@ def state_to_torch(
     )
   per_param: dict[int, dict[str, Any]] = {}
   settings: dict[int, dict[str, Any]] = {}
+  reading = f"{owner}(state=...)"
   for member in target.members:
     kind = _kind_of_member(owner, member)
-    k = int(np.asarray(leaves[member.count]))
+    where_count = f"the step count at {mig.where(target.paths[member.count])}"
+    k = mig.step_count(reading, where_count, jax.device_get(leaves[member.count]))
     hyper = _hyperparameters(owner, member, k, leaves)
     unknown = [name for name in ("lr", "b1", "b2", "eps") if hyper[name] is None]
     if unknown:
@@ -680,17 +687,19 @@ def state_to_torch(
         )
       inverse = None if permutations[j] is None else tuple(np.argsort(permutations[j]))
 
-      def tensor(index: int, inverse: Any = inverse) -> Any:
+      def tensor(index: int, *, second: bool = True, inverse: Any = inverse) -> Any:
         array = np.asarray(jax.device_get(leaves[index]))
         if array.dtype not in (np.float16, np.float32, np.float64):
           array = array.astype(np.float32)  # exact; load_state_dict casts to the param's dtype
+        what = f"the state leaf at {mig.where(target.paths[index])}"
+        mig.check_moment(reading, what, array, second=second)
         if inverse is not None:
           array = np.transpose(array, inverse)
         return torch.from_numpy(np.array(array))  # a writable copy
 
       entry = {
         "step": torch.tensor(float(k), dtype=step_dtype),
-        "exp_avg": tensor(member.mu[position]),
+        "exp_avg": tensor(member.mu[position], second=False),
       }
       entry["exp_inf" if kind.name == "Adamax" else "exp_avg_sq"] = tensor(member.nu[position])
       if kind.amsgrad:

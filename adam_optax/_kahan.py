@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from adam_optax import _numerics as num
-from adam_optax._stochastic_rounding import check_params, landing_update
+from adam_optax._stochastic_rounding import check_optimizer, check_params, landing_update
 from adam_optax._trees import check_state_type
 
 
@@ -44,12 +44,14 @@ def _is_low_precision(param: Any) -> bool:
   return num.compute_dtype(dtype) != dtype
 
 
-def kahan_summation() -> optax.GradientTransformation:
-  r"""Makes ``optax.apply_updates`` keep, for bfloat16/float16 params, what rounding drops.
+def kahan_summation(
+  optimizer: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Wraps ``optimizer`` so that bfloat16/float16 params keep what rounding drops.
 
-  Place it last in a chain. For each low-precision param :math:`p`, incoming
-  update :math:`u` and compensation :math:`c` it computes :math:`x = p + u + c`
-  in float32 and emits the update that lands ``optax.apply_updates`` on
+  For each low-precision param :math:`p`, update :math:`u` of ``optimizer``
+  and compensation :math:`c` it computes :math:`x = p + u + c` in float32 and
+  returns the update that lands ``optax.apply_updates`` on
   :math:`p' = \operatorname{rn}(x)`, the nearest value of the param's dtype;
   the new compensation is :math:`x - p'` (measured against the value
   ``apply_updates`` actually produces, so the books stay exact even where
@@ -58,19 +60,33 @@ def kahan_summation() -> optax.GradientTransformation:
   and wider params pass through untouched; a non-finite sum resets the
   compensation to zero.
 
+  The compensation needs the final updates, so it wraps the optimizer rather
+  than being a link of a chain (placed first in a chain, it would compensate
+  the gradients and the weights would never move). Apply the updates it
+  returns as they are: a transform chained after it changes them and the
+  books no longer balance. Wrap :func:`quantized` (``kahan_summation(
+  quantized(...))``), not the other way round: inside it, the
+  parameter-shaped compensation would be quantized too.
+
+  Args:
+    optimizer: the optimizer whose updates to compensate (any optax
+      ``GradientTransformation``).
+
   Returns:
-    An :class:`optax.GradientTransformation` with state
-    :class:`KahanSummationState`; its ``update`` needs ``params``.
+    An :class:`optax.GradientTransformationExtraArgs` whose state is
+    ``(optimizer's state, KahanSummationState)``; its ``update`` needs
+    ``params``.
 
   Raises:
+    TypeError: ``optimizer`` is not an :class:`optax.GradientTransformation`;
+      the state is not this wrapper's.
     ValueError: ``params`` is not given to ``update``.
-    TypeError: the state is not a :class:`KahanSummationState`.
 
   Examples:
     >>> import jax.numpy as jnp
     >>> import optax
     >>> import adam_optax
-    >>> optimizer = optax.chain(optax.sgd(1e-3), adam_optax.kahan_summation())
+    >>> optimizer = adam_optax.kahan_summation(optax.sgd(1e-3))
     >>> params = jnp.ones(4, jnp.bfloat16)
     >>> state = optimizer.init(params)
     >>> for _ in range(10):  # each step alone is below half an ulp of 1.0 in bfloat16
@@ -85,6 +101,12 @@ def kahan_summation() -> optax.GradientTransformation:
     Training*, 2020, https://arxiv.org/abs/2010.06192.
   """
   owner = "kahan_summation"
+  check_optimizer(owner, optimizer, "kahan_summation(adam_optax.adam(1e-3))")
+  return optax.chain(optimizer, _compensated(owner))
+
+
+def _compensated(owner: str) -> optax.GradientTransformation:
+  """The last link of :func:`kahan_summation`: adds the compensation, keeps the residual."""
 
   def init_fn(params: optax.Params) -> KahanSummationState:
     compensation = jax.tree.map(

@@ -28,6 +28,7 @@ from adam_optax._sharding import state_shardings
 from adam_optax._trees import where
 
 KeyPath = tuple[Any, ...]
+INT32_MAX = 2**31 - 1  # the largest step count the state's int32 counts hold
 _COUNT_FIELDS = ("count", "gradient_step")
 
 
@@ -391,6 +392,87 @@ def check_state(owner: str, target: Target, state: Any) -> list[Any]:
         f"optimizer.init(params) gives shape {abstract.shape} there"
       )
   return [leaf for _, leaf in flat]
+
+
+def number(owner: str, what: str, value: Any) -> float:
+  """A number read from a state (a Python number or a 0-d array) as a float.
+
+  Raises:
+    ValueError: ``value`` is not a real number or holds more than one (a torch
+      ``step`` of shape ``(1,)``), naming ``what``.
+  """
+  array = np.asarray(value)
+  if array.ndim != 0 or not (np.issubdtype(array.dtype, np.number) or _is_float(array)):
+    shape = f"an array of shape {array.shape}" if array.ndim else f"{value!r}"
+    raise ValueError(
+      f"{owner}: {what} is {shape} ({array.dtype}); expected a single real number "
+      "(a Python number or a 0-d array)"
+    )
+  if np.iscomplexobj(array):
+    raise ValueError(f"{owner}: {what} is {value!r}; expected a real number")
+  return float(array)
+
+
+def hyperparameter(owner: str, what: str, value: Any) -> float:
+  """An injected hyperparameter read from a state or a param_group: one finite number.
+
+  Raises:
+    ValueError: ``value`` is not a single finite real number, naming ``what``.
+  """
+  result = number(owner, what, value)
+  if not math.isfinite(result):
+    raise ValueError(f"{owner}: {what} is {result!r}; expected a finite number")
+  return result
+
+
+def _is_float(array: np.ndarray) -> bool:
+  return jnp.issubdtype(array.dtype, jnp.floating)  # np.issubdtype misses bfloat16
+
+
+def step_count(owner: str, what: str, value: Any) -> int:
+  """A step count read from a state: a whole number in ``[0, 2**31 - 1]`` (int32's range).
+
+  Raises:
+    ValueError: ``value`` is not a single number, or not a whole number of
+      steps in range (negative, fractional, NaN, inf), naming ``what``.
+  """
+  step = number(owner, what, value)
+  if not (math.isfinite(step) and step == int(step) and 0 <= step <= INT32_MAX):
+    raise ValueError(
+      f"{owner}: {what} is {step!r}; expected a whole number of steps in [0, {INT32_MAX}]"
+    )
+  return int(step)
+
+
+def check_moment(owner: str, what: str, array: np.ndarray, *, second: bool) -> None:
+  """Raises if a moment read from a state would corrupt the next update.
+
+  A first moment must be finite; a second moment (``nu``, ``exp_avg_sq``,
+  AMSGrad's maximum, AdaMax's ``exp_inf``: averages or maxima of ``|g|**2`` or
+  ``|g|``) finite and ``>= 0``, since the root of a negative one is NaN. One
+  vectorised pass over ``array``; the bad entries are located only on failure.
+
+  Args:
+    owner: the converter and argument, for the message.
+    what: the moment's name and where it is (the parameter, the key).
+    array: its values.
+    second: whether it is a second moment.
+
+  Raises:
+    ValueError: naming ``what``, how many entries are bad and the first of them.
+  """
+  array = np.asarray(array)
+  fine = (array >= 0) & (array < np.inf) if second else np.isfinite(array)  # NaN: neither
+  if np.all(fine):
+    return
+  bad = ~fine
+  first = np.unravel_index(int(np.argmax(bad)), array.shape)
+  rule = "finite and >= 0, as a second moment is" if second else "finite"
+  raise ValueError(
+    f"{owner}: {what} has {int(np.sum(bad))} of {array.size} values that are not {rule}, "
+    f"the first {array[first]!s} at index {tuple(int(i) for i in first)}; continuing "
+    "from it would make the params NaN or stall them: the state is damaged"
+  )
 
 
 def scalar(value: Any) -> float:

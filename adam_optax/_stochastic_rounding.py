@@ -95,18 +95,42 @@ def check_seed(owner: str, name: str, seed: Any) -> None:
     raise ValueError(f"{owner}({name}={seed!r}): {name} must be an int in [0, 2**32)")
 
 
-def stochastic_rounding(seed: int) -> optax.GradientTransformation:
-  r"""Makes ``optax.apply_updates`` round bfloat16/float16 params stochastically.
+def check_optimizer(owner: str, optimizer: Any, example: str) -> None:
+  """Raises if ``optimizer`` is not the optimizer a rounding wrapper wraps.
 
-  Place it last in a chain. For each low-precision param :math:`p` and
-  incoming update :math:`u`, it computes the exact sum :math:`x = p + u` in
-  float32, rounds it stochastically to the param's dtype,
+  ``example`` is a call of the wrapper, for the message. The rounding
+  transforms were once links of a chain, where a misplaced one (first instead
+  of last) rounded the gradients instead of the final updates and the weights
+  never moved; an old call now ends here.
+  """
+  if not isinstance(optimizer, optax.GradientTransformation):
+    raise TypeError(
+      f"{owner}(optimizer={optimizer!r}): expected the optax.GradientTransformation whose "
+      f"updates to round, as in {example}; the rounding must see the final updates, so it "
+      "wraps the optimizer instead of being a link of a chain"
+    )
+
+
+def stochastic_rounding(
+  optimizer: optax.GradientTransformation, seed: int = 0
+) -> optax.GradientTransformationExtraArgs:
+  r"""Wraps ``optimizer`` so that bfloat16/float16 params round stochastically, unbiased.
+
+  For each low-precision param :math:`p` and update :math:`u` of
+  ``optimizer``, it computes the exact sum :math:`x = p + u` in float32,
+  rounds it stochastically to the param's dtype,
   :math:`p' = \operatorname{sr}(x)` with :math:`\mathbb{E}[p'] = p + u`, and
-  emits :math:`p' - p`, so that ``optax.apply_updates`` (which adds in the
+  returns :math:`p' - p`, so that ``optax.apply_updates`` (which adds in the
   param's dtype) lands on :math:`p'`. That is exact whenever :math:`p' - p`
   is representable, which holds when :math:`p'` is within a factor two of
   :math:`p` (Sterbenz) or :math:`p = 0`: every step smaller than the weight
   itself. float32 and wider params pass through untouched.
+
+  The rounding needs the final updates, so it wraps the optimizer rather than
+  being a link of a chain (placed first in a chain, it would round the
+  gradients and the weights would never move). Apply the updates it returns
+  as they are: a transform chained after it changes them and undoes the
+  rounding.
 
   The random bits are keyed by ``seed``, the step count in the state and the
   leaf's position: the same seed and state give the same rounding, so a run
@@ -117,13 +141,19 @@ def stochastic_rounding(seed: int) -> optax.GradientTransformation:
   float32 numbers and round as any other value.
 
   Args:
-    seed: an int in ``[0, 2**32)``.
+    optimizer: the optimizer whose updates to round (any optax
+      ``GradientTransformation``).
+    seed: an int in ``[0, 2**32)``; runs with different seeds round
+      differently.
 
   Returns:
-    An :class:`optax.GradientTransformation` with state
-    :class:`StochasticRoundingState`; its ``update`` needs ``params``.
+    An :class:`optax.GradientTransformationExtraArgs` whose state is
+    ``(optimizer's state, StochasticRoundingState)``; its ``update`` needs
+    ``params``.
 
   Raises:
+    TypeError: ``optimizer`` is not an :class:`optax.GradientTransformation`
+      (for instance the seed, as in the old ``stochastic_rounding(seed)``).
     ValueError: ``seed`` is not an int in range (at construction); ``params``
       is not given to ``update``.
 
@@ -131,7 +161,7 @@ def stochastic_rounding(seed: int) -> optax.GradientTransformation:
     >>> import jax.numpy as jnp
     >>> import optax
     >>> import adam_optax
-    >>> optimizer = optax.chain(optax.sgd(1e-3), adam_optax.stochastic_rounding(seed=0))
+    >>> optimizer = adam_optax.stochastic_rounding(optax.sgd(1e-3), seed=0)
     >>> params = jnp.ones(10_000, jnp.bfloat16)
     >>> state = optimizer.init(params)
     >>> grads = jnp.ones(10_000, jnp.bfloat16)
@@ -145,7 +175,13 @@ def stochastic_rounding(seed: int) -> optax.GradientTransformation:
     Numerical Precision*, ICML 2015, https://arxiv.org/abs/1502.02551.
   """
   owner = "stochastic_rounding"
+  check_optimizer(owner, optimizer, "stochastic_rounding(adam_optax.adam(1e-3), seed=0)")
   check_seed(owner, "seed", seed)
+  return optax.chain(optimizer, _rounded_stochastically(owner, seed))
+
+
+def _rounded_stochastically(owner: str, seed: int) -> optax.GradientTransformation:
+  """The last link of :func:`stochastic_rounding`: rounds ``params + updates``."""
 
   def init_fn(params: optax.Params) -> StochasticRoundingState:
     del params

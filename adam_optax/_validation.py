@@ -121,12 +121,36 @@ def check_in_dtype(owner: str, name: str, value: Any, dtype: Any, *, decay: bool
     )
 
 
+def _narrow_cast(owner: str, name: str, value: Any) -> str:
+  """Why a decay that is a half-precision array may be 1: ``inject_hyperparams``' cast.
+
+  ``optax.inject_hyperparams`` turns every numeric hyperparameter, defaults
+  included, into an array of the first param's dtype unless given
+  ``hyperparam_dtype``; bfloat16 rounds every decay from 0.998 (``b2=0.999``
+  included) to 1. Returns the explanation for the message, or ``""`` if ``value`` is not
+  such an array.
+  """
+  dtype = getattr(value, "dtype", None)
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating) or np.dtype(dtype).itemsize >= 4:
+    return ""
+  below_one = np.nextafter(np.asarray(1, dtype), np.asarray(0, dtype)).astype(np.float64)
+  halfway = float((below_one + 1) / 2)  # this and above round to 1 (1 is the even neighbour)
+  return (
+    f". This {name} is a {np.dtype(dtype).name} array, and in {np.dtype(dtype).name} every "
+    f"{name} of {halfway!r} or more is 1: optax.inject_hyperparams casts each numeric "
+    "hyperparameter, the defaults included, to the params' dtype unless told otherwise. "
+    "Keep the hyperparameters in float32: optax.inject_hyperparams("
+    f"adam_optax.{owner}, hyperparam_dtype=jnp.float32)(...)"
+  )
+
+
 def check_decay(owner: str, name: str, value: Any) -> Any:
   """Checks that an EMA decay rate lies in ``[0, 1)`` and stays below 1 once rounded."""
   expected = "a number in [0, 1)"
   number = _checked(owner, name, value, expected)
   if number is not None and not 0.0 <= number < 1.0:
-    raise ValueError(f"{owner}({name}={value!r}): {name} must be {expected}")
+    cast = _narrow_cast(owner, name, value)
+    raise ValueError(f"{owner}({name}={value!r}): {name} must be {expected}{cast}")
   dtype = _construction_dtype()
   if dtype is not None:
     check_in_dtype(owner, name, value, dtype, decay=True)

@@ -309,15 +309,15 @@ def jax_optimizers(setup: Setup) -> dict[str, tuple[optax.GradientTransformation
   lr, wd, seed = setup.lr, setup.weight_decay, setup.seed
 
   def bf16_adamw(rounding_seed: int | None) -> optax.GradientTransformation:
-    parts = [
+    adamw = optax.chain(
       adam_optax.scale_by_moments(nu_dtype=jnp.bfloat16, rounding_seed=rounding_seed),
       adam_optax.bias_correction(0.9, 0.999),
       adam_optax.add_decayed_weights(wd),
       adam_optax.scale_by_lr(lr),
-    ]
-    if rounding_seed is not None:
-      parts.append(adam_optax.stochastic_rounding(rounding_seed))
-    return optax.chain(*parts)
+    )
+    if rounding_seed is None:
+      return adamw
+    return adam_optax.stochastic_rounding(adamw, rounding_seed)
 
   fp32 = functools.partial(adam_optax.adamw, lr, weight_decay=wd)
   return {

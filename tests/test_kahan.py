@@ -9,11 +9,11 @@ import optax
 import pytest
 
 import adam_optax
-from tests.references import least_squares_loss_after
+from tests.references import least_squares_loss_after, mean_after_sgd_steps
 
 
 def _sgd_kahan(lr):
-  return optax.chain(optax.sgd(lr), adam_optax.kahan_summation())
+  return adam_optax.kahan_summation(optax.sgd(lr))
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
@@ -92,15 +92,26 @@ def test_pure_bfloat16_training_tracks_float32():
   """
   initial, fp32 = least_squares_loss_after(adam_optax.adam(1e-3))
   bf16 = adam_optax.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
-  _, kahan = least_squares_loss_after(optax.chain(bf16, adam_optax.kahan_summation()), jnp.bfloat16)
+  _, kahan = least_squares_loss_after(adam_optax.kahan_summation(bf16), jnp.bfloat16)
   assert fp32 < 0.1 * initial
   assert abs(kahan - fp32) <= 0.1 * fp32
 
 
+def test_the_wrapper_moves_the_weights_and_the_old_chain_link_is_refused():
+  """Issue 17: ``chain(kahan_summation(), sgd)`` compensated the gradients, not the
+  updates, and the weights stayed at 1.0000 after 50 steps instead of 0.95, in silence."""
+  # Deterministic: 0.95 to bfloat16's resolution there (2**-8).
+  assert abs(mean_after_sgd_steps(_sgd_kahan(1e-3)) - 0.95) < 2**-8
+  with pytest.raises(TypeError, match="missing 1 required positional argument: 'optimizer'"):
+    adam_optax.kahan_summation()  # the old form, which could be placed first
+  with pytest.raises(TypeError, match=r"kahan_summation\(optimizer=.*\): expected the optax"):
+    adam_optax.kahan_summation(optax.sgd)  # the factory, not an optimizer
+
+
 def test_misuse_is_named():
-  optimizer = adam_optax.kahan_summation()
+  optimizer = _sgd_kahan(1e-3)
   params = jnp.ones(3, jnp.bfloat16)
   with pytest.raises(ValueError, match=r"kahan_summation: update needs the params"):
     optimizer.update(params, optimizer.init(params))
   with pytest.raises(TypeError, match=r"kahan_summation.update: expected the KahanSummationState"):
-    optimizer.update(params, adam_optax.adam(1e-3).init(params), params)
+    optimizer.update(params, (optax.sgd(1e-3).init(params), optax.EmptyState()), params)

@@ -10,6 +10,7 @@ params (max |difference| / max |param|).
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -294,7 +295,10 @@ def test_errors_name_the_problem():
   stepped = {**sd, "state": {**sd["state"], 1: {**sd["state"][1], "step": torch.tensor(7.0)}}}
   _raises(r"has taken 2 steps and .* 7", lambda: convert(adamw, params, stepped))
   half = {**sd, "state": {**sd["state"], 1: {**sd["state"][1], "step": torch.tensor(2.5)}}}
-  _raises(r"step 2.5; expected a whole number", lambda: convert(adamw, params, half))
+  _raises(
+    r"\(param leaf \[1\]\)'s step is 2.5; expected a whole number",
+    lambda: convert(adamw, params, half),
+  )
   _raises(
     r"both map to torch parameter 0", lambda: convert(adamw, params, sd, indices=[0, 0, 1, 2])
   )
@@ -387,6 +391,164 @@ def test_nadam_mu_product_must_match_the_step():
     r"momentum_decay None \(torch: 0.004\)",
     lambda: adam_optax.state_from_torch(adam_optax.nadam(LR, B1, B2, EPS), params, torch_optimizer),
   )
+
+
+def _damage(tensor: torch.Tensor, value: float) -> torch.Tensor:
+  """A copy of ``tensor`` with ``value`` at its last entry."""
+  damaged = tensor.clone()
+  damaged.view(-1)[-1] = value
+  return damaged
+
+
+# (member, key, damaged value, what the message must say). Issue 17: a negative exp_avg_sq
+# was accepted and the next update made the params NaN; a step of shape (1,) raised a bare
+# TypeError.
+NAN, INF = float("nan"), float("inf")
+DAMAGED_TORCH = [
+  (
+    "adam",
+    "exp_avg_sq",
+    lambda t: -t,
+    r"exp_avg_sq has 80 of 80 values that are not finite and >= 0, as a second moment is, "
+    r"the first -",
+  ),
+  (
+    "adam",
+    "exp_avg_sq",
+    lambda t: _damage(t, NAN),
+    r"exp_avg_sq has 1 of 80 .* the first nan at index \(15, 4\)",
+  ),
+  ("adam", "exp_avg_sq", lambda t: _damage(t, INF), r"exp_avg_sq has 1 of 80 .* the first inf"),
+  (
+    "adam",
+    "exp_avg",
+    lambda t: _damage(t, -INF),
+    r"exp_avg has 1 of 80 values that are not finite, the first -inf",
+  ),
+  (
+    "amsgrad",
+    "max_exp_avg_sq",
+    lambda t: _damage(t, -1e-9),
+    r"max_exp_avg_sq has 1 of 80 .* -1e-09",
+  ),
+  ("adamax", "exp_inf", lambda t: _damage(t, -0.5), r"exp_inf has 1 of 80 .* >= 0"),
+  (
+    "adam",
+    "step",
+    lambda t: t.reshape(1),
+    r"'s step is an array of shape \(1,\) \(float32\); expected a single",
+  ),
+  (
+    "adam",
+    "step",
+    lambda t: -t,
+    r"'s step is -2.0; expected a whole number of steps in \[0, 2147483647\]",
+  ),
+  ("adam", "step", lambda t: t * NAN, r"'s step is nan; expected a whole number"),
+  ("adam", "step", lambda t: t * 2**31, r"'s step is 4294967296.0; expected a whole number"),
+  (
+    "nadam",
+    "mu_product",
+    lambda t: t.reshape(1, 1),
+    r"parameter 0's mu_product is an array of shape \(1, 1\)",
+  ),
+]
+
+
+@pytest.mark.parametrize(
+  ("member", "key", "damage", "message"),
+  DAMAGED_TORCH,
+  ids=[f"{member}-{key}-{i}" for i, (member, key, *_) in enumerate(DAMAGED_TORCH)],
+)
+def test_a_damaged_torch_state_is_refused_naming_the_parameter_and_the_key(
+  member, key, damage, message
+):
+  params, torch_optimizer = _trained_torch(member)
+  sd = copy.deepcopy(torch_optimizer.state_dict())
+  sd["state"][0][key] = damage(sd["state"][0][key])
+  where = r"state_from_torch\(torch_state=...\): torch parameter 0"
+  with pytest.raises(ValueError, match=where) as error:
+    adam_optax.state_from_torch(MEMBERS[member].ours(), params, sd)
+  assert re.search(message, str(error.value)), str(error.value)
+
+
+@pytest.mark.parametrize(
+  ("field", "damage", "message"),
+  [
+    (
+      "nu",
+      lambda a: a.at[0].set(-1.0),
+      r"the state leaf at \[0\]\.nu\[1\] has 1 of 16 .* >= 0, .* the first -1.0 at index \(0,\)",
+    ),
+    (
+      "mu",
+      lambda a: a.at[3].set(jnp.nan),
+      r"the state leaf at \[0\]\.mu\[1\] has 1 of 16 values that are not finite",
+    ),
+    (
+      "count",
+      lambda a: jnp.asarray(-3, jnp.int32),
+      r"the step count at \[0\]\.count is -3.0; expected a whole",
+    ),
+  ],
+)
+def test_a_damaged_state_is_not_exported_to_torch(field, damage, message):
+  params, torch_optimizer = _trained_torch("adam")
+  optimizer = MEMBERS["adam"].ours()
+  state = adam_optax.state_from_torch(optimizer, params, torch_optimizer)
+  moments = state[0]
+  value = getattr(moments, field)
+  damaged = damage(value) if field == "count" else [*value[:1], damage(value[1]), *value[2:]]
+  state = (moments._replace(**{field: damaged}), *state[1:])
+  with pytest.raises(ValueError, match=r"state_to_torch\(state=...\): " + message):
+    adam_optax.state_to_torch(optimizer, state, params)
+
+
+@pytest.mark.parametrize(
+  ("field", "damage", "message"),
+  [
+    (
+      "nu",
+      lambda a: -a,
+      r"nu at \[0\] \(param leaf \['w'\]\) has 6 of 6 values that are not finite and >= 0",
+    ),
+    (
+      "mu",
+      lambda a: a.at[1, 2].set(jnp.inf),
+      r"mu at \[0\] \(param leaf \['w'\]\) has 1 of 6 .* at index \(1, 2\)",
+    ),
+    ("count", lambda a: jnp.reshape(a, (1,)), r"the count at \[0\] is an array of shape \(1,\)"),
+    ("count", lambda a: -a, r"the count at \[0\] is -1.0; expected a whole number"),
+  ],
+)
+def test_a_damaged_optax_state_is_refused_naming_the_leaf(field, damage, message):
+  params = {"w": jnp.ones((2, 3))}
+  adam = optax.adam(LR)
+  _, state = adam.update({"w": jnp.full((2, 3), 0.5)}, adam.init(params))
+  value = getattr(state[0], field)
+  damaged = damage(value) if field == "count" else {"w": damage(value["w"])}
+  state = (state[0]._replace(**{field: damaged}), *state[1:])
+  with pytest.raises(ValueError, match=r"state_from_optax\(optax_state=...\): " + message):
+    adam_optax.state_from_optax(adam_optax.adam(LR), params, state)
+
+
+def test_a_non_finite_injected_hyperparameter_is_refused_naming_it():
+  injected = optax.inject_hyperparams(adam_optax.adam)(learning_rate=LR, b1=B1, b2=B2, eps=EPS)
+  params, torch_optimizer = _trained_torch("adam")
+  sd = copy.deepcopy(torch_optimizer.state_dict())
+  sd["param_groups"][0]["lr"] = float("nan")
+  with pytest.raises(ValueError, match=r"param_groups\[0\]'s learning_rate is nan; expected a"):
+    adam_optax.state_from_torch(injected, params, sd)
+  source = optax.inject_hyperparams(optax.adam)(learning_rate=LR)
+  small = {"w": jnp.ones(3)}
+  state = source.init(small)
+  state.hyperparams["learning_rate"] = jnp.asarray(jnp.inf)
+  with pytest.raises(ValueError, match=r"hyperparameter learning_rate at <root> is inf; expected"):
+    adam_optax.state_from_optax(injected, small, state)
+  state = adam_optax.state_from_torch(injected, params, torch_optimizer)
+  state.hyperparams["b2"] = jnp.asarray(jnp.nan)
+  with pytest.raises(ValueError, match=r"injected hyperparameter b2 of adam\(...\) is nan"):
+    adam_optax.state_to_torch(injected, state, params)
 
 
 def test_errors_from_optax():

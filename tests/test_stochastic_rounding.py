@@ -10,7 +10,7 @@ import pytest
 
 import adam_optax
 from adam_optax._stochastic_rounding import round_stochastically
-from tests.references import least_squares_loss_after
+from tests.references import least_squares_loss_after, mean_after_sgd_steps
 
 N = 200_000
 
@@ -75,7 +75,7 @@ def test_beyond_the_largest_float16_rounds_as_nearest_does():
 
 
 def _chain(seed):
-  return optax.chain(optax.sgd(1e-3), adam_optax.stochastic_rounding(seed))
+  return adam_optax.stochastic_rounding(optax.sgd(1e-3), seed)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
@@ -83,7 +83,7 @@ def test_apply_updates_lands_on_the_rounded_sum_and_is_unbiased(dtype, strict_pr
   rng = np.random.default_rng(0)
   params = jnp.asarray(rng.uniform(0.5, 2.0, N) * rng.choice([-1, 1], N), dtype)
   incoming = jnp.asarray(1e-3 * rng.normal(size=N), dtype)  # what earlier transforms emit
-  optimizer = adam_optax.stochastic_rounding(7)
+  optimizer = adam_optax.stochastic_rounding(optax.identity(), 7)
   updates, _ = jax.jit(optimizer.update)(incoming, optimizer.init(params), params)
   new = optax.apply_updates(params, updates)
   assert new.dtype == dtype
@@ -134,12 +134,12 @@ def test_deterministic_from_seed_and_step_so_a_resumed_run_repeats():
 
 
 def _bf16_adam(seed):
-  parts = [
+  bf16_adam = optax.chain(
     adam_optax.scale_by_moments(nu_dtype=jnp.bfloat16, rounding_seed=seed),
     adam_optax.bias_correction(0.9, 0.999),
     adam_optax.scale_by_lr(1e-3),
-  ]
-  return optax.chain(*parts, *([adam_optax.stochastic_rounding(seed)] if seed is not None else []))
+  )
+  return bf16_adam if seed is None else adam_optax.stochastic_rounding(bf16_adam, seed)
 
 
 def test_pure_bfloat16_training_tracks_float32_and_nearest_rounding_stalls():
@@ -178,13 +178,13 @@ def test_stochastic_second_moment_does_not_stall_in_bfloat16():
 @pytest.mark.parametrize("seed", [-1, 2**32, 1.5, True, "0"])
 def test_bad_seed_raises(seed):
   with pytest.raises(ValueError, match=r"stochastic_rounding\(seed=.*\): seed must be an int"):
-    adam_optax.stochastic_rounding(seed)
+    adam_optax.stochastic_rounding(optax.sgd(1e-3), seed)
   with pytest.raises(ValueError, match=r"scale_by_moments\(rounding_seed=.*\): rounding_seed must"):
     adam_optax.scale_by_moments(rounding_seed=seed)
 
 
 def test_update_without_params_raises():
-  optimizer = adam_optax.stochastic_rounding(0)
+  optimizer = adam_optax.stochastic_rounding(optax.identity(), 0)
   with pytest.raises(ValueError, match="update needs the params"):
     optimizer.update(jnp.ones(2), optimizer.init(jnp.ones(2)))
 
@@ -199,3 +199,13 @@ def test_an_infinite_param_stays_what_apply_updates_makes_it(dtype):
   plain, _ = optax.sgd(1e-3).update(grads, optax.sgd(1e-3).init(params), params)
   np.testing.assert_array_equal(new[:2], optax.apply_updates(params, plain)[:2])  # inf, not NaN
   assert np.isfinite(np.asarray(new[2], np.float32))
+
+
+def test_the_wrapper_moves_the_weights_and_the_old_chain_link_is_refused():
+  """Issue 17: ``chain(stochastic_rounding(seed), sgd)`` rounded the gradients, not the
+  updates, and the weights stayed at 1.0000 after 50 steps instead of 0.95, in silence.
+  The rounding now wraps the optimizer, so it always sees the final updates."""
+  assert mean_after_sgd_steps(optax.sgd(1e-3)) == 1.0  # round-to-nearest loses every step
+  assert abs(mean_after_sgd_steps(_chain(0)) - 0.95) < 1e-3
+  with pytest.raises(TypeError, match=r"stochastic_rounding\(optimizer=0\): expected the optax"):
+    adam_optax.stochastic_rounding(0)  # the old form, which could be placed first

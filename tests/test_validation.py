@@ -105,3 +105,30 @@ def test_integer_gradients_are_rejected():
   state = optimizer.init(jnp.ones(3))
   with pytest.raises(TypeError, match="has dtype int32; expected a floating or complex"):
     optimizer.update(jnp.ones(3, jnp.int32), state)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_a_decay_that_inject_hyperparams_cast_to_one_names_the_cast_and_its_fix(dtype):
+  """Issue 17: on half-precision params inject_hyperparams makes b2 (0.999 by default,
+  0.9999 here so that float16 rounds it to 1 too) an array of the params' dtype; the user
+  never wrote the 1 the message quoted. The message says where it came from and the fix."""
+  params = jnp.ones(3, dtype)
+  casting = optax.inject_hyperparams(adam_optax.adamw)(learning_rate=1e-2, b2=0.9999)
+  with pytest.raises(ValueError, match=r"adamw\(b2=Array\(1") as error:
+    casting.init(params)
+  message = str(error.value)
+  assert "optax.inject_hyperparams casts" in message
+  assert "hyperparam_dtype=jnp.float32" in message
+  assert f"This b2 is a {jnp.dtype(dtype).name} array" in message
+  # The fix it names works: the same optimizer steps like the plain one.
+  fixed = optax.inject_hyperparams(adam_optax.adamw, hyperparam_dtype=jnp.float32)(
+    learning_rate=1e-2, b2=0.9999
+  )
+  plain = adam_optax.adamw(1e-2, b2=0.9999)
+  grads = jnp.full(3, 0.5, dtype)
+  got, _ = fixed.update(grads, fixed.init(params), params)
+  expected, _ = plain.update(grads, plain.init(params), params)
+  np.testing.assert_array_equal(got, expected)
+  # A float32 or Python decay of 1 keeps the short message: no cast to explain.
+  with pytest.raises(ValueError, match=r"b2 must be a number in \[0, 1\)$"):
+    adam_optax.adamw(1e-2, b2=jnp.asarray(1.0, jnp.float32))
