@@ -29,9 +29,11 @@ from adam_optax._learning_rate import ScaleByLrState as ScaleByLrState
 from adam_optax._learning_rate import scale_by_lr as scale_by_lr
 from adam_optax._moments import ScaleByMomentsState as ScaleByMomentsState
 from adam_optax._moments import scale_by_moments as scale_by_moments
-from adam_optax._quantize import QuantizedArray as QuantizedArray
 from adam_optax._quantized import QuantizedState as QuantizedState
+from adam_optax._quantized import describe_quantized as describe_quantized
 from adam_optax._quantized import quantized as quantized
+from adam_optax._quantized_rules import QUANTIZED_MAPS as QUANTIZED_MAPS
+from adam_optax._quantized_rules import QuantizedDescription as QuantizedDescription
 from adam_optax._sharding import StateMemory as StateMemory
 from adam_optax._sharding import init_sharded as init_sharded
 from adam_optax._sharding import sharded_train_step as sharded_train_step
@@ -45,11 +47,12 @@ from adam_optax._weight_decay import add_decayed_weights as add_decayed_weights
 __version__ = "0.1.0"
 
 __all__ = [
+  "QUANTIZED_MAPS",
   "AddDecayedWeightsState",
   "BiasCorrectionState",
   "BucketLayout",
   "KahanSummationState",
-  "QuantizedArray",
+  "QuantizedDescription",
   "QuantizedState",
   "ScaleByLrState",
   "ScaleByMomentsState",
@@ -63,6 +66,7 @@ __all__ = [
   "amsgrad",
   "bias_correction",
   "bucket",
+  "describe_quantized",
   "init_sharded",
   "kahan_summation",
   "nadam",
