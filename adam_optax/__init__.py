@@ -32,8 +32,8 @@ from adam_optax._moments import scale_by_moments as scale_by_moments
 from adam_optax._quantized import QuantizedState as QuantizedState
 from adam_optax._quantized import describe_quantized as describe_quantized
 from adam_optax._quantized import quantized as quantized
-from adam_optax._quantized_rules import QUANTIZED_MAPS as QUANTIZED_MAPS
 from adam_optax._quantized_rules import QuantizedDescription as QuantizedDescription
+from adam_optax._quantized_rules import quantized_maps as quantized_maps
 from adam_optax._sharding import StateMemory as StateMemory
 from adam_optax._sharding import init_sharded as init_sharded
 from adam_optax._sharding import sharded_train_step as sharded_train_step
@@ -47,7 +47,6 @@ from adam_optax._weight_decay import add_decayed_weights as add_decayed_weights
 __version__ = "0.1.0"
 
 __all__ = [
-  "QUANTIZED_MAPS",
   "AddDecayedWeightsState",
   "BiasCorrectionState",
   "BucketLayout",
@@ -73,6 +72,7 @@ __all__ = [
   "nadamw",
   "nonfinite_report",
   "quantized",
+  "quantized_maps",
   "restore_target",
   "scale_by_lr",
   "scale_by_moments",

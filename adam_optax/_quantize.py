@@ -139,7 +139,7 @@ def encode(
 def decode(
   codes: jax.Array, scales: jax.Array, bits: int, *, signed: bool, power: int | None = None
 ) -> jax.Array:
-  """The float32 blocks that :func:`encode`'s ``(codes, scales)`` stand for, flattened.
+  """The float32 blocks that :func:`encode`'s ``(codes, scales)`` stand for.
 
   Args:
     codes: ``uint8`` codes, any shape whose leading dimension is the block.
@@ -149,7 +149,7 @@ def decode(
     power: the companding exponent; ``None`` for the chosen one (:data:`POWERS`).
 
   Returns:
-    ``float32[n_blocks * block_size]``, padding included.
+    ``float32[n_blocks, block_size]``, padding included.
   """
   p = POWERS[bits, signed] if power is None else power
   scales = replicated_if_explicit(scales)
@@ -164,4 +164,4 @@ def decode(
     y = z * jax.lax.integer_pow(jnp.abs(z), p - 1)
   else:
     y = jax.lax.integer_pow((c + 1) / 2**bits, p)
-  return (y * scales[:, None]).reshape(-1)
+  return y * scales[:, None]

@@ -1,7 +1,7 @@
 r"""``quantized``: any optax optimizer with its moments in 8 or 4 bits, by declared rules.
 
 Which leaves of the inner state are quantized, and with which map, is decided
-by :mod:`adam_optax._quantized_rules` (:data:`QUANTIZED_MAPS` and the user's
+by :mod:`adam_optax._quantized_rules` (:func:`quantized_maps` and the user's
 ``rule``), never by running the optimizer. The state holds plain arrays only:
 
 - ``inner_state``: the inner optimizer's state with each quantized leaf replaced
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import weakref
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -122,20 +123,34 @@ def _pack(values: list[jax.Array], block_size: int) -> jax.Array:
   return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def _unpack(flat: jax.Array, like: list[Any], block_size: int) -> list[jax.Array]:
-  """The inverse of :func:`_pack`: ``like``'s shapes and dtypes cut out of ``flat``."""
-  out, offset = [], 0
+def _unpack(blocks: jax.Array, like: list[Any]) -> list[jax.Array]:
+  """The inverse of :func:`_pack`: ``like``'s shapes and dtypes cut out of the decoded blocks.
+
+  Each leaf is a slice of whole rows (its own blocks), so cutting it out is a
+  slice and a reshape of contiguous memory.
+  """
+  out, row = [], 0
+  block_size = blocks.shape[1]
   for x in like:
     size = int(np.prod(jnp.shape(x), dtype=np.int64))
-    out.append(flat[offset : offset + size].reshape(jnp.shape(x)).astype(jnp.result_type(x)))
-    offset += n_blocks(size, block_size) * block_size
+    count = n_blocks(size, block_size)
+    flat = blocks[row : row + count].reshape(-1)
+    if count * block_size != size:
+      flat = flat[:size]
+    out.append(flat.reshape(jnp.shape(x)).astype(jnp.result_type(x)))
+    row += count
   return out
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def _encode_maps(
   values: dict[str, list[jax.Array]], bits: int, block_size: int
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-  """Per map, its leaves packed into one buffer and encoded: ``(codes, scales)``."""
+  """Per map, its leaves packed into one buffer and encoded: ``(codes, scales)``.
+
+  Jitted, so that an eager ``init`` compiles it once instead of dispatching (and
+  compiling) each operation for each new shape; inside a trace it is inlined.
+  """
   codes, scales = {}, {}
   for name, leaves in values.items():
     flat = _pack(leaves, block_size)
@@ -145,16 +160,14 @@ def _encode_maps(
   return codes, scales
 
 
-def _decode_maps(
-  state: QuantizedState, like: dict[str, list[Any]], block_size: int
-) -> dict[str, list[jax.Array]]:
+def _decode_maps(state: QuantizedState, like: dict[str, list[Any]]) -> dict[str, list[jax.Array]]:
   """Per map, its leaves decoded in ``like``'s shapes and dtypes."""
   out = {}
   for name, leaves in like.items():
     codes = state.codes[name]
     bits = int(codes.shape[1])
     flat = decode(codes, state.scales[name], bits, signed=name == "signed")
-    out[name] = _unpack(flat, leaves, block_size)
+    out[name] = _unpack(flat, leaves)
   return out
 
 
@@ -261,8 +274,7 @@ def dequantized(tree: Any, params: optax.Params) -> Any:
       if _is_placeholder(_leaf(item)) and site.param_shape is not None:
         name = _map_of_placeholder(_leaf(item))
         like.setdefault(name, []).append(jax.ShapeDtypeStruct(site.param_shape, jnp.float32))
-    some = next(iter(state.codes.values()))
-    decoded = {k: iter(v) for k, v in _decode_maps(state, like, int(some.shape[2]) * 8).items()}
+    decoded = {k: iter(v) for k, v in _decode_maps(state, like).items()}
     leaves = []
     for item, site in zip(items, places, strict=True):
       leaf = _leaf(item)
@@ -403,7 +415,7 @@ def quantized(
 
   Which leaves are quantized, and with which map, is declared, never probed:
   a real floating, parameter-shaped leaf of at least ``min_size`` elements, for
-  which ``rule`` or the table :data:`adam_optax.QUANTIZED_MAPS` (keyed on the
+  which ``rule`` or the table :func:`adam_optax.quantized_maps` (keyed on the
   state's type and field: ``ScaleByAdamState.nu`` is ``"unsigned"``) names a
   map. Every other leaf (counts, a copy of the params, unknown state types)
   stays in full precision. :func:`describe_quantized` prints the decision for
@@ -422,7 +434,7 @@ def quantized(
       None``, asked for every eligible leaf: ``path`` is
       ``jax.tree_util.keystr`` of the leaf's path in the inner state (e.g.
       ``"[0].nu['w']"``), ``state_type`` the ``NamedTuple`` type whose field
-      holds it (or ``None``); ``None`` defers to :data:`QUANTIZED_MAPS`.
+      holds it (or ``None``); ``None`` defers to :func:`quantized_maps`.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with state
@@ -538,7 +550,7 @@ def quantized(
     decoded = {
       name: iter(values)
       for name, values in _decode_maps(
-        state, _by_map(plans, [_leaf(i) for i in abstract_items]), block_size
+        state, _by_map(plans, [_leaf(i) for i in abstract_items])
       ).items()
     }
     full = [

@@ -9,7 +9,7 @@ A leaf of the inner optimizer's state is quantized when all of these hold:
 3. it has at least ``min_size`` elements;
 4. a map is declared for it: the user's ``rule(path, state_type)`` says
    ``"signed"`` or ``"unsigned"``, or, where the rule says ``None`` (or there
-   is none), :data:`QUANTIZED_MAPS` has an entry for ``(state_type, field)``.
+   is none), :func:`quantized_maps` has an entry for ``(state_type, field)``.
 
 ``state_type`` is the type of the nearest ``NamedTuple`` around the leaf's
 param-mirroring subtree (``None`` if there is none) and ``field`` the name of
@@ -175,15 +175,15 @@ def _decide(
     if choice not in (*MAPS, "keep"):
       raise ValueError(
         f"quantized(rule=...): rule({site.path!r}, {_name(site.state_type)}) returned "
-        f"{choice!r}; expected 'signed', 'unsigned', 'keep' or None (defer to QUANTIZED_MAPS)"
+        f"{choice!r}; expected 'signed', 'unsigned', 'keep' or None (defer to quantized_maps())"
       )
     return (None, "the rule says keep") if choice == "keep" else (choice, "the rule")
   declared = QUANTIZED_MAPS.get((site.state_type, site.field))  # type: ignore[arg-type]
   if declared is None and site.state_type is None:
-    return None, "no rule, and no NamedTuple state around it to look up in QUANTIZED_MAPS"
+    return None, "no rule, and no NamedTuple state around it to look up in quantized_maps()"
   if declared is None:
     return None, f"no map declared for {_name(site.state_type)}.{site.field}"
-  return declared, "QUANTIZED_MAPS"
+  return declared, "quantized_maps()"
 
 
 def plan(state: Any, params: Any, *, min_size: int, rule: Rule | None) -> list[LeafPlan]:
@@ -264,3 +264,35 @@ class QuantizedDescription(NamedTuple):
       f"({ratio:.3f}x); blocks of {self.block_size}; update: {self.processing}"
     )
     return "\n".join(lines)
+
+
+def quantized_maps(state_type: type | None = None) -> MapRules:
+  """The declared maps of :func:`quantized`: ``(state type, field) -> "signed" | "unsigned"``.
+
+  The live table, not a copy: adding an entry declares a new state type for
+  every :func:`quantized` built afterwards (a ``rule`` does it for one).
+
+  Args:
+    state_type: ``None`` for the whole table, or a state type for its entries only.
+
+  Returns:
+    A :class:`dict` that prints as a table.
+
+  Raises:
+    TypeError: ``state_type`` is not a type.
+
+  Examples:
+    >>> import optax
+    >>> import adam_optax
+    >>> print(adam_optax.quantized_maps(optax.ScaleByAdamState))
+    optax.ScaleByAdamState  mu  signed
+    optax.ScaleByAdamState  nu  unsigned
+  """
+  if state_type is None:
+    return QUANTIZED_MAPS
+  if not isinstance(state_type, type):
+    raise TypeError(
+      f"quantized_maps(state_type={state_type!r}): expected a state type such as "
+      "optax.ScaleByAdamState, or None for the whole table"
+    )
+  return MapRules({key: m for key, m in QUANTIZED_MAPS.items() if key[0] is state_type})

@@ -15,7 +15,7 @@ MAPS = [(bits, signed) for bits in (8, 4) for signed in (True, False)]
 def _round_trip(x, bits: int, signed: bool, block: int):
   """``(decoded in x's shape and dtype, codes, scales)``."""
   codes, scales = _quantize.encode(x, bits, signed=signed, block_size=block)
-  flat = _quantize.decode(codes, scales, bits, signed=signed)
+  flat = _quantize.decode(codes, scales, bits, signed=signed).reshape(-1)
   size = int(np.prod(np.shape(x)))
   return flat[:size].reshape(np.shape(x)).astype(x.dtype), codes, scales
 

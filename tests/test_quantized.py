@@ -68,11 +68,11 @@ def test_leaves_and_maps_come_from_the_declared_table(name, inner, expected):
 
 
 def test_the_table_prints_and_names_its_entries():
-  text = str(adam_optax.QUANTIZED_MAPS)
+  text = str(adam_optax.quantized_maps())
   lines = [line.split() for line in text.splitlines()]
   assert ["adam_optax.ScaleByMomentsState", "nu", "unsigned"] in lines
   assert ["optax.TraceState", "trace", "signed"] in lines
-  assert adam_optax.QUANTIZED_MAPS[optax.ScaleByAdamState, "nu"] == "unsigned"
+  assert adam_optax.quantized_maps()[optax.ScaleByAdamState, "nu"] == "unsigned"
 
 
 def test_small_integer_and_non_parameter_leaves_are_kept_as_they_are():
@@ -558,7 +558,7 @@ def test_describe_reports_every_leaf_how_it_is_kept_and_its_bytes():
   assert by_path[".inner_state[0].mu['b']"].reason == "64 elements < min_size=4096"
   assert by_path[".hyperparams['learning_rate']"].map is None
   text = str(described)
-  assert "unsigned 4-bit (QUANTIZED_MAPS)" in text and "full precision" in text
+  assert "unsigned 4-bit (quantized_maps())" in text and "full precision" in text
   assert described.total_bytes == sum(described.stored_bytes(x) for x in described.leaves)
   chained = optax.chain(optax.clip(1.0), adam_optax.quantized(optimizer, 4))
   assert adam_optax.describe_quantized(chained, params).leaves == described.leaves
@@ -609,3 +609,18 @@ def test_flax_nnx_optimizer_trains_20_steps(partitioned):
   assert set(optimizer.opt_state.codes) == {"signed", "unsigned"}
   if partitioned:
     assert model.kernel.sharding.spec == P(None, "model")
+
+
+def test_flax_serialization_and_tree_utilities_carry_the_state():
+  from flax import serialization
+
+  optimizer = adam_optax.quantized(adam_optax.adam(1e-2), 4)
+  params = _params()
+  state = jax.jit(optimizer.update)(jax.tree.map(jnp.ones_like, params), optimizer.init(params))[1]
+  raw = serialization.msgpack_serialize(serialization.to_state_dict(state))
+  restored = serialization.from_state_dict(
+    optimizer.init(params), serialization.msgpack_restore(raw)
+  )
+  chex.assert_trees_all_equal(restored, state)
+  leaves, treedef = jax.tree.flatten(state)
+  chex.assert_trees_all_equal(jax.tree.unflatten(treedef, leaves), state)
