@@ -624,3 +624,43 @@ def test_flax_serialization_and_tree_utilities_carry_the_state():
   chex.assert_trees_all_equal(restored, state)
   leaves, treedef = jax.tree.flatten(state)
   chex.assert_trees_all_equal(jax.tree.unflatten(treedef, leaves), state)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_blocks_never_straddle_leaves(bits):
+  """Each leaf is padded to whole blocks: its rows of the buffer are its own encoding."""
+  from adam_optax import _quantize
+
+  params = {"a": jnp.ones((64, 100)), "b": jnp.ones(5000)}  # 6400 and 5000: neither whole
+  grads = {"a": jnp.linspace(-1, 1, 6400).reshape(64, 100), "b": jnp.cos(jnp.arange(5000.0))}
+  optimizer = adam_optax.quantized(adam_optax.adam(1e-2, b1=0.0), bits)
+  _, state = optimizer.update(grads, optimizer.init(params), params)
+  block = 256 if bits == 8 else 128
+  rows = 0
+  for key in ("a", "b"):  # jax.tree.leaves order; with b1 = 0, m = g exactly
+    codes, scales = _quantize.encode(grads[key], bits, signed=True, block_size=block)
+    count = scales.shape[0]
+    got = state.codes["signed"][rows : rows + count].reshape(count, -1)
+    np.testing.assert_array_equal(got, codes)
+    np.testing.assert_array_equal(state.scales["signed"][rows : rows + count], scales)
+    rows += count
+  assert rows == state.scales["signed"].shape[0]
+
+
+@pytest.mark.parametrize(("bits", "copies"), [(8, 5.0), (4, 3.5)])
+def test_step_temp_memory_stays_within_its_measured_bound(bits, copies):
+  """A regression guard, not the target: the donated step's XLA temp, in float32 copies of
+  the quantized leaf (measured 4.5 at 8 bits and 3.0 at 4 on 10M elements, where fp32 Adam's
+  in-place step needs none; bounding it by chunks is open, see benchmarks/QUANTIZED.md)."""
+  size = 1 << 20
+  params = {"w": jnp.zeros(size)}
+  optimizer = adam_optax.quantized(adam_optax.adam(1e-3), bits)
+
+  def step(params, state, grads):
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  compiled = (
+    jax.jit(step, donate_argnums=(0, 1)).lower(params, optimizer.init(params), params).compile()
+  )
+  assert compiled.memory_analysis().temp_size_in_bytes <= copies * 4 * size
