@@ -664,3 +664,94 @@ def test_step_temp_memory_stays_within_its_measured_bound(bits, copies):
     jax.jit(step, donate_argnums=(0, 1)).lower(params, optimizer.init(params), params).compile()
   )
   assert compiled.memory_analysis().temp_size_in_bytes <= copies * 4 * size
+
+
+# -- The patterns of flax's own tests/nnx/optimizer_test.py, against quantized ------------------
+
+
+def _two_layers():
+  from flax import nnx
+
+  class Model(nnx.Module):
+    def __init__(self, rngs):
+      self.linear1 = nnx.Linear(4, 3, rngs=rngs)
+      self.linear2 = nnx.Linear(3, 10, rngs=rngs)
+
+    def __call__(self, x):
+      return self.linear2(self.linear1(x))
+
+  return Model
+
+
+def test_nnx_split_merge_and_jax_jit_of_the_split_optimizer():
+  from flax import nnx
+
+  model = _two_layers()(nnx.Rngs(0))
+  x, y = jnp.ones((2, 4)), jnp.ones((2, 10))
+  tx = adam_optax.quantized(adam_optax.adam(1e-2), 4, block_size=8, min_size=0)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  out = model(x)
+  graphdef, state = nnx.split((model, optimizer))
+  model, optimizer = nnx.merge(graphdef, state)
+  np.testing.assert_array_equal(model(x), out)
+
+  loss = lambda m: jnp.mean((m(x) - y) ** 2)  # noqa: E731
+
+  @jax.jit
+  def step(graphdef, state):
+    model, optimizer = nnx.merge(graphdef, state)
+    optimizer.update(model, nnx.grad(loss)(model))
+    return nnx.split((model, optimizer))[1]
+
+  before = float(loss(model))
+  for _ in range(3):
+    state = step(graphdef, state)
+  model, optimizer = nnx.merge(graphdef, state)
+  assert float(loss(model)) < before and int(optimizer.step[...]) == 3
+
+
+@pytest.mark.parametrize("wrt", ["Param", "LoRAParam"])
+def test_nnx_only_the_variables_in_wrt_change(wrt):
+  from flax import nnx
+
+  variable = getattr(nnx, wrt)
+  model = nnx.LoRA(4, 2, 10, base_module=_two_layers()(nnx.Rngs(0)), rngs=nnx.Rngs(1))
+  tx = adam_optax.quantized(adam_optax.adam(1e-3), block_size=8, min_size=0)
+  optimizer = nnx.Optimizer(model, tx, wrt=variable)
+  before, others_before = nnx.clone(nnx.state(model, variable, ...))
+  x, y = jnp.ones((1, 4)), jnp.ones((1, 10))
+  loss = lambda m: jnp.mean((m(x) - y) ** 2)  # noqa: E731
+  grad = nnx.grad(loss, argnums=nnx.DiffState(0, variable))
+
+  @nnx.jit
+  def step(model, optimizer):
+    optimizer.update(model, grad(model))
+
+  for _ in range(2):  # lora_b starts at zero: lora_a moves from the second step on
+    step(model, optimizer)
+  after, others_after = nnx.state(model, variable, ...)
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+    assert np.any(np.asarray(a) != np.asarray(b))
+  chex.assert_trees_all_equal(others_before, others_after)
+
+
+def test_nnx_linesearch_extra_arguments_pass_through():
+  from flax import nnx
+
+  model = _two_layers()(nnx.Rngs(0))
+  x, y = jnp.ones((1, 4)), jnp.ones((1, 10))
+  graphdef = nnx.graphdef(model)
+  loss = lambda m: jnp.mean((m(x) - y) ** 2)  # noqa: E731
+  optimizer = nnx.Optimizer(model, adam_optax.quantized(optax.lbfgs(), min_size=0), wrt=nnx.Param)
+  described = adam_optax.describe_quantized(optimizer.tx, nnx.state(model, nnx.Param))
+  assert all(x.map is None for x in described.leaves)  # no lbfgs state is declared
+  before = float(loss(model))
+  grads = nnx.grad(loss)(model)
+  optimizer.update(
+    model,
+    grads,
+    grad=grads,
+    value=loss(model),
+    value_fn=lambda state: loss(nnx.merge(graphdef, state)),
+  )
+  assert float(loss(model)) < before
