@@ -41,9 +41,11 @@ from adam_optax._mars import mars_adamw as mars_adamw
 from adam_optax._mars import scale_by_mars_correction as scale_by_mars_correction
 from adam_optax._moments import ScaleByMomentsState as ScaleByMomentsState
 from adam_optax._moments import scale_by_moments as scale_by_moments
-from adam_optax._quantize import QuantizedArray as QuantizedArray
 from adam_optax._quantized import QuantizedState as QuantizedState
+from adam_optax._quantized import describe_quantized as describe_quantized
 from adam_optax._quantized import quantized as quantized
+from adam_optax._quantized_rules import QuantizedDescription as QuantizedDescription
+from adam_optax._quantized_rules import quantized_maps as quantized_maps
 from adam_optax._schedule_free import ScheduleFreeAverageState as ScheduleFreeAverageState
 from adam_optax._schedule_free import schedule_free_adamw as schedule_free_adamw
 from adam_optax._schedule_free import schedule_free_average as schedule_free_average
@@ -70,7 +72,7 @@ __all__ = [
   "Blocks",
   "BucketLayout",
   "KahanSummationState",
-  "QuantizedArray",
+  "QuantizedDescription",
   "QuantizedState",
   "ScaleByBlockMomentsState",
   "ScaleByLrState",
@@ -94,6 +96,7 @@ __all__ = [
   "bucket",
   "cautious",
   "clip_by_update_rms",
+  "describe_quantized",
   "init_sharded",
   "kahan_summation",
   "mars_adamw",
@@ -101,6 +104,7 @@ __all__ = [
   "nadamw",
   "nonfinite_report",
   "quantized",
+  "quantized_maps",
   "restore_target",
   "scale_by_atan",
   "scale_by_block_moments",

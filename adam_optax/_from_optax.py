@@ -131,7 +131,7 @@ def state_from_optax(
       exact = state_from_optax(optimizer, params, optax_state)
     return mig.placed(owner, optimizer, params, quantize_like(layout, exact), shardings)
   target = mig.inspect(owner, optimizer, params)
-  sources = _nodes(dequantized(optax_state), _SOURCES)
+  sources = _nodes(dequantized(optax_state, params), _SOURCES)
   if len(sources) != len(target.members):
     names = [m.recipe.member for m in target.members]
     raise ValueError(

@@ -626,7 +626,9 @@ def state_to_torch(
   owner = "state_to_torch"
   if quantized_layout(optimizer, params) is not None:  # convert the dequantized state
     with unquantized():
-      return state_to_torch(optimizer, dequantized(state), params, indices=indices, axes=axes)
+      return state_to_torch(
+        optimizer, dequantized(state, params), params, indices=indices, axes=axes
+      )
   target = mig.inspect(owner, optimizer, params)
   leaves = mig.check_state(owner, target, state)
   for index, path in enumerate(target.paths):

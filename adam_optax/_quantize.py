@@ -26,8 +26,6 @@ decodes to NaN: visibly poisoned, never silently turned into finite numbers
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -39,51 +37,6 @@ from jax.sharding import PartitionSpec as P
 BITS = (4, 8)
 # The companding exponent p of each map, (bits, signed) -> p, chosen by measurement.
 POWERS = {(8, True): 2, (8, False): 4, (4, True): 2, (4, False): 4}
-
-
-@functools.partial(
-  jax.tree_util.register_dataclass,
-  data_fields=["codes", "scales"],
-  meta_fields=["array_shape", "array_dtype", "bits", "signed"],
-)
-@dataclasses.dataclass(frozen=True)
-class QuantizedArray:
-  """An array stored block-wise quantized; a pytree whose leaves are ``codes`` and ``scales``.
-
-  It deliberately has no ``shape``/``dtype`` attributes, so that code that
-  recognises arrays by them (sharding rules, ``jax.eval_shape`` consumers)
-  treats it as the small tree of arrays it is, not as the array it encodes.
-
-  Attributes:
-    codes: ``uint8[n_blocks * block_size]`` at 8 bits; at 4 bits
-      ``uint8[n_blocks * block_size // 2]``, two codes a byte (the even element
-      in the low nibble). Flat, block after block: split evenly over ``k``
-      devices (ZeRO-1), each device holds whole blocks whenever ``k`` divides
-      ``n_blocks``, and then exactly the blocks whose ``scales`` it holds.
-    scales: ``float32[n_blocks]``, each block's largest magnitude (NaN for a
-      block that held a NaN or an infinity).
-    array_shape: the original array's shape.
-    array_dtype: the original array's dtype, restored by :meth:`dequantize`.
-    bits: 8 or 4.
-    signed: whether the signed map (any sign) or the unsigned map (values
-      ``>= 0``, zero excluded) was used.
-  """
-
-  codes: jax.Array
-  scales: jax.Array
-  array_shape: tuple[int, ...]
-  array_dtype: Any
-  bits: int
-  signed: bool
-
-  @property
-  def block_size(self) -> int:
-    """The number of elements per block."""
-    return int(self.codes.shape[0]) * (8 // self.bits) // int(self.scales.shape[0])
-
-  def dequantize(self) -> jax.Array:
-    """The array these codes stand for, in its original shape and dtype."""
-    return decode(self)
 
 
 def levels(bits: int, signed: bool, power: int | None = None) -> np.ndarray:
@@ -117,7 +70,7 @@ def explicit_sharding(x: Any) -> jax.sharding.NamedSharding | None:
   return sharding if any(axis is not None for axis in spec) else None
 
 
-def _replicated_if_explicit(flat: jax.Array) -> jax.Array:
+def replicated_if_explicit(flat: jax.Array) -> jax.Array:
   """``flat`` gathered whole on every device if split over explicit mesh axes.
 
   Blocks need not line up with the devices' pieces (a (64, 100) param split 8
@@ -133,13 +86,19 @@ def _replicated_if_explicit(flat: jax.Array) -> jax.Array:
   return jax.sharding.reshard(flat, jax.sharding.NamedSharding(sharding.mesh, P()))
 
 
+def n_blocks(size: int, block_size: int) -> int:
+  """The number of blocks of ``block_size`` that hold ``size`` elements (at least one)."""
+  return max(1, -(-size // block_size))
+
+
 def encode(
   x: jax.Array, bits: int, *, signed: bool, block_size: int, power: int | None = None
-) -> QuantizedArray:
+) -> tuple[jax.Array, jax.Array]:
   """Quantizes ``x`` block-wise; see the module docstring for the maps.
 
   Args:
-    x: a floating array of any shape.
+    x: a floating array of any shape; it is flattened and zero-padded to whole
+      blocks.
     bits: 8 or 4.
     signed: the signed map, or the unsigned one for values ``>= 0`` (negative
       values are clipped to the smallest level).
@@ -147,15 +106,17 @@ def encode(
     power: the companding exponent; ``None`` for the chosen one (:data:`POWERS`).
 
   Returns:
-    The :class:`QuantizedArray`.
+    ``(codes, scales)``: ``uint8[n_blocks, block_size * bits // 8]`` (at 4 bits
+    two codes a byte, the even element in the low nibble) and
+    ``float32[n_blocks]``, each block's largest magnitude (NaN for a block
+    that held a NaN or an infinity).
   """
   p = POWERS[bits, signed] if power is None else power
   size = math.prod(x.shape)
-  n_blocks = max(1, -(-size // block_size))
-  flat = jnp.ravel(x).astype(jnp.float32)
-  flat = _replicated_if_explicit(flat)
-  flat = jnp.pad(flat, (0, n_blocks * block_size - size))
-  blocks = flat.reshape(n_blocks, block_size)
+  count = n_blocks(size, block_size)
+  flat = replicated_if_explicit(jnp.ravel(x).astype(jnp.float32))
+  flat = jnp.pad(flat, (0, count * block_size - size))
+  blocks = flat.reshape(count, block_size)
   magnitude = jnp.abs(blocks)
   finite = jnp.all(jnp.isfinite(blocks), axis=1)
   absmax = jnp.max(jnp.where(jnp.isfinite(magnitude), magnitude, 0), axis=1)
@@ -172,15 +133,27 @@ def encode(
     codes = jnp.clip(c, 0, top - 1).astype(jnp.uint8)
   if bits == 4:
     codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
-  return QuantizedArray(codes.reshape(-1), scales, tuple(x.shape), np.dtype(x.dtype), bits, signed)
+  return codes, scales
 
 
-def decode(quantized: QuantizedArray, power: int | None = None) -> jax.Array:
-  """The array a :class:`QuantizedArray` stands for (the inverse of :func:`encode`)."""
-  bits, signed = quantized.bits, quantized.signed
+def decode(
+  codes: jax.Array, scales: jax.Array, bits: int, *, signed: bool, power: int | None = None
+) -> jax.Array:
+  """The float32 blocks that :func:`encode`'s ``(codes, scales)`` stand for.
+
+  Args:
+    codes: ``uint8`` codes, any shape whose leading dimension is the block.
+    scales: ``float32[n_blocks]``.
+    bits: 8 or 4.
+    signed: which map encoded them.
+    power: the companding exponent; ``None`` for the chosen one (:data:`POWERS`).
+
+  Returns:
+    ``float32[n_blocks, block_size]``, padding included.
+  """
   p = POWERS[bits, signed] if power is None else power
-  scales = _replicated_if_explicit(quantized.scales)
-  codes = _replicated_if_explicit(quantized.codes).reshape(scales.shape[0], -1)
+  scales = replicated_if_explicit(scales)
+  codes = replicated_if_explicit(codes).reshape(scales.shape[0], -1)
   if bits == 4:
     low, high = codes & 15, codes >> 4
     codes = jnp.stack([low, high], axis=-1).reshape(codes.shape[0], -1)
@@ -191,6 +164,4 @@ def decode(quantized: QuantizedArray, power: int | None = None) -> jax.Array:
     y = z * jax.lax.integer_pow(jnp.abs(z), p - 1)
   else:
     y = jax.lax.integer_pow((c + 1) / 2**bits, p)
-  flat = (y * scales[:, None]).reshape(-1)
-  size = math.prod(quantized.array_shape)
-  return flat[:size].reshape(quantized.array_shape).astype(quantized.array_dtype)
+  return y * scales[:, None]

@@ -1,68 +1,182 @@
-r"""``quantized``: any optax optimizer with its parameter-shaped state in 8 or 4 bits.
+r"""``quantized``: any optax optimizer with its moments in 8 or 4 bits, by declared rules.
 
-Which leaves are quantized is decided by structure, never by field names, so
-the states of optax's own optimizers are covered as well as this package's:
+Which leaves of the inner state are quantized, and with which map, is decided
+by :mod:`adam_optax._quantized_rules` (:func:`quantized_maps` and the user's
+``rule``), never by running the optimizer. The state holds plain arrays only:
 
-1. A subtree of the inner state that *mirrors the params* (the params' tree
-   structure, each leaf an array of its param's shape, or an empty node such
-   as ``None``) is parameter-shaped: ``mu`` and ``nu`` of Adam, the trace of
-   SGD with momentum, ``optax.MultiSteps``' accumulator, ...
-2. Of those leaves, the floating ones with at least ``min_size`` elements are
-   stored as a :class:`QuantizedArray`; everything else (counts, injected
-   hyperparameters, small biases, complex leaves) is kept as it is.
+- ``inner_state``: the inner optimizer's state with each quantized leaf replaced
+  by a *placeholder*, a 0-d ``int8`` (signed map) or ``uint8`` (unsigned map)
+  array: one byte that records the leaf's map, exactly and at trace time;
+- ``codes`` and ``scales``: per map, all its quantized leaves in one buffer, in
+  the order of ``jax.tree.leaves``, each leaf padded to whole blocks (a block
+  never straddles two leaves). ``codes`` is ``uint8[n_blocks, bits,
+  block_size // 8]``, so its shape records ``bits`` and ``block_size``.
 
-Each quantized leaf gets the signed map (any sign) or the unsigned map (values
-``>= 0``, zero excluded: second moments). Which one is decided by *probing*
-the inner optimizer once at ``init``: it is initialised on a stand-in of the
-params with one element per leaf and stepped 8 times, once with gradients +1
-and once with -1 (a jitted run on tiny arrays). A leaf that is ``>= 0`` after
-both runs, and not zero after both, gets the unsigned map (Adam's :math:`v`,
-AMSGrad's maximum, AdaMax's :math:`u`: even functions of the gradient);
-every other leaf gets the signed one (:math:`m`, momentum traces,
-accumulators). If the probe's state does not
-have the real state's structure (an optimizer whose state depends on the
-params' shapes, such as a factored one) or its update fails, every leaf gets
-the signed map, which represents any value, with one bit less resolution.
-Override per leaf with ``signed``.
+The shape and dtype of each quantized leaf come from ``init``'s abstract state
+for the params (or gradients) at hand (``jax.eval_shape``), so nothing but
+arrays travels with the state: ``flax.nnx.Optimizer``, orbax, flax serialization
+and ``jax.tree`` utilities carry it as they carry any state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
-from collections.abc import Callable, Iterator, Mapping
+import functools
+import weakref
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from adam_optax._quantize import BITS, QuantizedArray, decode, encode, explicit_sharding
-from adam_optax._trees import check_state_type
+from adam_optax._quantize import (
+  BITS,
+  decode,
+  encode,
+  explicit_sharding,
+  n_blocks,
+  replicated_if_explicit,
+)
+from adam_optax._quantized_rules import (
+  LeafPlan,
+  QuantizedDescription,
+  Rule,
+  plan,
+  sites,
+)
+from adam_optax._trees import check_state_type, colocate
 
 _DEFAULT_BLOCK = {8: 256, 4: 128}
+_PLACEHOLDER = {"signed": jnp.int8, "unsigned": jnp.uint8}
 
 
 class QuantizedState(NamedTuple):
-  """State of :func:`quantized`.
+  """State of :func:`quantized`: plain arrays only.
 
   Attributes:
-    inner_state: the wrapped optimizer's state, with each quantized leaf
-      replaced by a :class:`QuantizedArray` (a pytree of ``codes`` and
-      ``scales``), so jit, donation, sharding and checkpointing see plain arrays.
+    inner_state: the wrapped optimizer's state, each quantized leaf replaced by
+      a 0-d placeholder (``int8``: signed map, ``uint8``: unsigned map).
+    codes: ``{map: uint8[n_blocks, bits, block_size // 8]}``: the codes of all
+      quantized leaves of that map, leaf after leaf, each padded to whole blocks.
+    scales: ``{map: float32[n_blocks]}``: each block's largest magnitude.
   """
 
   inner_state: optax.OptState
+  codes: dict[str, jax.Array]
+  scales: dict[str, jax.Array]
 
 
-def _is_quantized(node: Any) -> bool:
-  return isinstance(node, QuantizedArray)
+_QUANTIZED_INITS: weakref.WeakSet[Any] = weakref.WeakSet()  # init functions of quantized(...)
+_INSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("adam_optax_inside", default=False)
+_PLAIN: contextvars.ContextVar[bool] = contextvars.ContextVar(
+  "adam_optax_unquantized", default=False
+)
+_DESCRIPTIONS: contextvars.ContextVar[list[QuantizedDescription] | None] = contextvars.ContextVar(
+  "adam_optax_descriptions", default=None
+)
 
 
-def _lost_metadata(node: Any) -> bool:
-  """Whether ``node`` is a mapping that holds a :class:`QuantizedArray`'s data, rebuilt."""
-  return isinstance(node, Mapping) and set(node.keys()) == {"codes", "scales"}
+def _is_wrapper(node: Any) -> bool:
+  """Whether ``node`` is a one-array pytree node such as ``flax.nnx.Variable``.
+
+  A quantized leaf's placeholder replaces such a wrapper as a whole, so that its
+  metadata (an nnx sharding of the param's rank) never meets the placeholder.
+  """
+  if isinstance(node, (tuple, list, dict)) or node is None:
+    return False
+  if jax.tree_util.treedef_is_leaf(jax.tree.structure(node)):
+    return False
+  children = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)[0]
+  return len(children) == 1 and jax.tree_util.treedef_is_leaf(jax.tree.structure(children[0]))
+
+
+def _items(tree: Any) -> tuple[list[Any], Any]:
+  """``tree`` flattened to its leaves, with each one-array wrapper kept whole."""
+  return jax.tree.flatten(tree, is_leaf=_is_wrapper)
+
+
+def _leaf(item: Any) -> Any:
+  return jax.tree.leaves(item)[0] if _is_wrapper(item) else item
+
+
+def _rewrap(like: Any, value: jax.Array) -> Any:
+  """``value`` inside the same wrapper as ``like`` (or bare, if ``like`` is bare)."""
+  if not _is_wrapper(like):
+    return value
+  return jax.tree.unflatten(jax.tree.structure(like), [value])
+
+
+def _codes_shape(count: int, bits: int, block_size: int) -> tuple[int, int, int]:
+  return (count, bits, block_size // 8)
+
+
+def _pack(values: list[jax.Array], block_size: int) -> jax.Array:
+  """The values flattened to float32, each zero-padded to whole blocks, concatenated."""
+  parts = []
+  for value in values:
+    flat = replicated_if_explicit(jnp.ravel(value).astype(jnp.float32))
+    pad = n_blocks(flat.size, block_size) * block_size - flat.size
+    parts.append(jnp.pad(flat, (0, pad)) if pad else flat)
+  return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _unpack(blocks: jax.Array, like: list[Any]) -> list[jax.Array]:
+  """The inverse of :func:`_pack`: ``like``'s shapes and dtypes cut out of the decoded blocks.
+
+  Each leaf is a slice of whole rows (its own blocks), so cutting it out is a
+  slice and a reshape of contiguous memory.
+  """
+  out, row = [], 0
+  block_size = blocks.shape[1]
+  for x in like:
+    size = int(np.prod(jnp.shape(x), dtype=np.int64))
+    count = n_blocks(size, block_size)
+    flat = blocks[row : row + count].reshape(-1)
+    if count * block_size != size:
+      flat = flat[:size]
+    out.append(flat.reshape(jnp.shape(x)).astype(jnp.result_type(x)))
+    row += count
+  return out
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _encode_maps(
+  values: dict[str, list[jax.Array]], bits: int, block_size: int
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """Per map, its leaves packed into one buffer and encoded: ``(codes, scales)``.
+
+  Jitted, so that an eager ``init`` compiles it once instead of dispatching (and
+  compiling) each operation for each new shape; inside a trace it is inlined.
+  """
+  codes, scales = {}, {}
+  for name, leaves in values.items():
+    flat = _pack(leaves, block_size)
+    c, s = encode(flat, bits, signed=name == "signed", block_size=block_size)
+    codes[name] = c.reshape(_codes_shape(s.shape[0], bits, block_size))
+    scales[name] = s
+  return codes, scales
+
+
+def _decode_maps(state: QuantizedState, like: dict[str, list[Any]]) -> dict[str, list[jax.Array]]:
+  """Per map, its leaves decoded in ``like``'s shapes and dtypes."""
+  out = {}
+  for name, leaves in like.items():
+    codes = state.codes[name]
+    bits = int(codes.shape[1])
+    flat = decode(codes, state.scales[name], bits, signed=name == "signed")
+    out[name] = _unpack(flat, leaves)
+  return out
+
+
+def _by_map(plans: list[LeafPlan], values: list[Any]) -> dict[str, list[Any]]:
+  grouped: dict[str, list[Any]] = {}
+  for p, value in zip(plans, values, strict=True):
+    if p.map is not None:
+      grouped.setdefault(p.map, []).append(value)
+  return grouped
 
 
 def _placed_like(new: jax.Array, old: jax.Array) -> jax.Array:
@@ -71,23 +185,22 @@ def _placed_like(new: jax.Array, old: jax.Array) -> jax.Array:
   return new if sharding is None else jax.sharding.reshard(new, sharding)
 
 
-def dequantized(tree: Any) -> Any:
-  """``tree`` with every :class:`QuantizedArray` in it replaced by the array it stands for."""
-  return jax.tree.map(lambda x: decode(x) if _is_quantized(x) else x, tree, is_leaf=_is_quantized)
+def _is_placeholder(x: Any) -> bool:
+  return jnp.ndim(x) == 0 and jnp.result_type(x) in (jnp.dtype(jnp.int8), jnp.dtype(jnp.uint8))
 
 
-_PLAIN: contextvars.ContextVar[bool] = contextvars.ContextVar(
-  "adam_optax_unquantized", default=False
-)
+def _map_of_placeholder(x: Any) -> str:
+  return "signed" if jnp.result_type(x) == jnp.dtype(jnp.int8) else "unsigned"
 
 
 @contextlib.contextmanager
 def unquantized() -> Iterator[None]:
   """Within it, ``quantized(...).init`` keeps the inner state as it is (for the converters).
 
-  jax caches a trace by the function traced, which cannot see this switch:
-  within it, never hand ``optimizer.init`` itself to ``jax.jit`` or
-  ``jax.eval_shape``, only a new function that calls it.
+  The state is then ``QuantizedState(inner_state, {}, {})``. jax caches a trace
+  by the function traced, which cannot see this switch: within it, never hand
+  ``optimizer.init`` itself to ``jax.jit`` or ``jax.eval_shape``, only a new
+  function that calls it.
   """
   token = _PLAIN.set(True)
   try:
@@ -96,98 +209,184 @@ def unquantized() -> Iterator[None]:
     _PLAIN.reset(token)
 
 
+def _has_codes(tree: Any) -> bool:
+  nodes = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, QuantizedState))
+  return any(isinstance(x, QuantizedState) and x.codes for x in nodes)
+
+
 def quantized_layout(optimizer: Any, params: optax.Params) -> Any | None:
-  """``jax.eval_shape(optimizer.init, params)`` if it holds a :class:`QuantizedArray`."""
+  """``jax.eval_shape(optimizer.init, params)`` if it holds quantized leaves, else ``None``."""
   if not callable(getattr(optimizer, "init", None)):
     return None
   # A new function each time: jax caches traces by function, and whether init
   # quantizes depends on unquantized(), which that cache does not see.
   layout = jax.eval_shape(lambda p: optimizer.init(p), params)
-  leaves = jax.tree.leaves(layout, is_leaf=_is_quantized)
-  return layout if any(_is_quantized(leaf) for leaf in leaves) else None
+  return layout if _has_codes(layout) else None
+
+
+def _quantize_one(layout: QuantizedState, exact: QuantizedState) -> QuantizedState:
+  """``exact`` (made within :func:`unquantized`) quantized as ``layout`` says."""
+  layout_items, treedef = _items(layout.inner_state)
+  exact_items = treedef.flatten_up_to(exact.inner_state)
+  values: dict[str, list[Any]] = {}
+  stored = []
+  for like, item in zip(layout_items, exact_items, strict=True):
+    if _is_placeholder(like) and not _is_placeholder(_leaf(item)):
+      values.setdefault(_map_of_placeholder(like), []).append(_leaf(item))
+      stored.append(jnp.zeros((), like.dtype))
+    else:
+      stored.append(item)
+  some = next(iter(layout.codes.values()))
+  bits, block_size = int(some.shape[1]), int(some.shape[2]) * 8
+  codes, scales = _encode_maps(values, bits, block_size)
+  return QuantizedState(treedef.unflatten(stored), codes, scales)
+
+
+def _map_quantized_states(fn: Any, *trees: Any) -> Any:
+  def apply(node: Any, *rest: Any) -> Any:
+    return fn(node, *rest) if isinstance(node, QuantizedState) and node.codes else node
+
+  return jax.tree.map(apply, *trees, is_leaf=lambda x: isinstance(x, QuantizedState))
 
 
 def quantize_like(layout: Any, state: Any) -> Any:
   """``state`` (made within :func:`unquantized`) quantized where ``layout`` is.
 
-  Each :class:`QuantizedArray` of ``layout`` stands for one leaf of ``state``,
-  which is encoded with its bits, map and block size.
+  Each placeholder of ``layout`` stands for the leaf of ``state`` at its place,
+  encoded with the map it records and the ``bits``/``block_size`` that the
+  codes' shape records.
   """
-  flat, layout_def = jax.tree.flatten(layout, is_leaf=_is_quantized)
-  values = jax.tree.leaves(state)
-  leaves = [
-    encode(value, like.bits, signed=like.signed, block_size=like.block_size)
-    if _is_quantized(like)
-    else value
-    for like, value in zip(flat, values, strict=True)
-  ]
-  return jax.tree.unflatten(layout_def, leaves)
+  return _map_quantized_states(_quantize_one, layout, state)
 
 
-def leaf_size(leaf: QuantizedArray) -> int:
-  """The number of elements of the array ``leaf`` stands for."""
-  return math.prod(leaf.array_shape)
+def dequantized(tree: Any, params: optax.Params) -> Any:
+  """``tree`` with each quantized state decoded, as :func:`unquantized`'s ``init`` makes it.
 
-
-def param_shaped_leaves(params: optax.Params, tree: Any) -> list[bool]:
-  """For each leaf of ``tree`` (in ``jax.tree.leaves`` order), whether it mirrors the params.
-
-  A subtree mirrors the params when it flattens up to the params' structure
-  with each part an array of its param's shape or an empty node (``None``,
-  ``optax.MaskedNode()``), at least one of them an array.
+  Where each placeholder's leaf lies among the params gives its shape; its
+  values come back in float32 (the codes' precision).
   """
-  params_def: Any = jax.tree.structure(params)  # PyTreeDef: jaxlib ships no stub for it
-  shapes = [jnp.shape(p) for p in jax.tree.leaves(params)]
 
-  def mirrors(node: Any) -> bool:
-    try:
-      parts = params_def.flatten_up_to(node)
-    except (ValueError, TypeError):
-      return False
-    arrays = [hasattr(part, "shape") and hasattr(part, "dtype") for part in parts]
-    for part, is_array, shape in zip(parts, arrays, shapes, strict=True):
-      if (is_array and tuple(part.shape) != tuple(shape)) or (
-        not is_array and jax.tree.leaves(part)
-      ):
-        return False
-    return any(arrays)
+  def decode_one(state: QuantizedState) -> QuantizedState:
+    items, treedef = _items(state.inner_state)
+    places = sites(state.inner_state, params)
+    like: dict[str, list[Any]] = {}
+    for item, site in zip(items, places, strict=True):
+      if _is_placeholder(_leaf(item)) and site.param_shape is not None:
+        name = _map_of_placeholder(_leaf(item))
+        like.setdefault(name, []).append(jax.ShapeDtypeStruct(site.param_shape, jnp.float32))
+    decoded = {k: iter(v) for k, v in _decode_maps(state, like).items()}
+    leaves = []
+    for item, site in zip(items, places, strict=True):
+      leaf = _leaf(item)
+      if _is_placeholder(leaf) and site.param_shape is not None:
+        leaves.append(next(decoded[_map_of_placeholder(leaf)]))
+      else:
+        leaves.append(item)
+    return QuantizedState(treedef.unflatten(leaves), {}, {})
 
-  marks = jax.tree.map(
-    lambda node: jax.tree.map(lambda _: True, node) if mirrors(node) else False,
-    tree,
-    is_leaf=mirrors,
-  )
-  return jax.tree.leaves(marks)
+  return _map_quantized_states(decode_one, tree)
 
 
-_PROBE_STEPS = 8  # enough for optax.MultiSteps(every_k_schedule <= 8) to reach its inner step
+def describe_quantized(optimizer: Any, params: optax.Params) -> QuantizedDescription:
+  r"""What ``quantized(...)`` inside ``optimizer`` keeps how, leaf by leaf, for ``params``.
+
+  Runs ``optimizer.init`` abstractly (``jax.eval_shape``: nothing is computed)
+  and reports, for every leaf of the inner state of the (first)
+  :func:`quantized` in it, its path, the state type and field that hold it, its
+  shape and dtype, the map it is stored with (and which rule chose it) or why it
+  stays in full precision, and its bytes in full precision and as stored.
+
+  Args:
+    optimizer: :func:`quantized`'s result, or any optimizer that contains one
+      (``optax.chain``, ``optax.inject_hyperparams``, ``optax.MultiSteps``, ...).
+    params: the params (arrays or :class:`jax.ShapeDtypeStruct`\ s).
+
+  Returns:
+    A :class:`QuantizedDescription`; ``print`` it for the table.
+
+  Raises:
+    ValueError: ``optimizer`` contains no :func:`quantized`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adam_optax
+    >>> optimizer = adam_optax.quantized(adam_optax.adam(1e-3), bits=8)
+    >>> params = {"w": jnp.zeros((256, 256)), "b": jnp.zeros(256)}
+    >>> described = adam_optax.describe_quantized(optimizer, params)
+    >>> [(x.site.path, x.map) for x in described.leaves if x.site.field == "nu"]
+    [("[0].nu['b']", None), ("[0].nu['w']", 'unsigned')]
+    >>> described.leaves[1].reason
+    '256 elements < min_size=4096'
+    >>> described.full_bytes, described.total_bytes
+    (526344, 135176)
+  """
+  records: list[QuantizedDescription] = []
+  token = _DESCRIPTIONS.set(records)
+  try:
+    jax.eval_shape(lambda p: optimizer.init(p), params)
+  finally:
+    _DESCRIPTIONS.reset(token)
+  if not records:
+    raise ValueError(
+      "describe_quantized(optimizer=...): the optimizer contains no quantized(...); "
+      "wrap it, e.g. adam_optax.quantized(adam_optax.adam(1e-3))"
+    )
+  return records[0]
 
 
-def _probe_signed(inner: Any, params: optax.Params, state_def: Any) -> list[bool] | None:
-  """Per state leaf, whether it can be negative; ``None`` if the probe does not apply."""
-
-  def run(sign: int) -> Any:
-    stand_in = jax.tree.map(lambda p: jnp.ones((1,) * jnp.ndim(p), jnp.result_type(p)), params)
-    grads = jax.tree.map(lambda p: sign * p, stand_in)
-    step = lambda _, state: inner.update(grads, state, stand_in)[1]  # noqa: E731
-    return jax.lax.fori_loop(0, _PROBE_STEPS, step, inner.init(stand_in))
-
-  with jax.ensure_compile_time_eval():  # concrete even inside jit or eval_shape
-    try:
-      ends = [jax.jit(run, static_argnums=0)(sign) for sign in (1, -1)]
-    except Exception:  # any failure only means that the probe does not apply
-      return None
-    if jax.tree.structure(ends[0]) != state_def:
-      return None
-    signed = []
-    for after_plus, after_minus in zip(*(jax.tree.leaves(end) for end in ends), strict=True):
-      if not jnp.issubdtype(jnp.result_type(after_plus), jnp.floating):
-        signed.append(True)  # never quantized: counts, complex moments
-        continue
-      values = jnp.stack([jnp.ravel(after_plus), jnp.ravel(after_minus)]).astype(jnp.float32)
-      unsigned = bool(jnp.all(values >= 0)) and bool(jnp.any(values > 0))
-      signed.append(not unsigned)
-  return signed
+def _check_stored(
+  owner: str,
+  plans: list[LeafPlan],
+  stored: list[Any],
+  state: QuantizedState,
+  bits: int,
+  block_size: int,
+) -> None:
+  """Raises ``ValueError`` naming the leaf if ``state`` was written by another configuration."""
+  for p, item in zip(plans, stored, strict=True):
+    leaf = _leaf(item)
+    was = _map_of_placeholder(leaf) if _is_placeholder(leaf) else None
+    if was == p.map:
+      continue
+    if p.map is None:
+      raise ValueError(
+        f"{owner}.update: the state at {p.site.path} was stored with the {was} map, but this "
+        f"optimizer keeps it in full precision ({p.reason}). Was the state made by another "
+        "quantized(...) configuration (min_size, rule)? Initialise it with this optimizer's init."
+      )
+    if was is None:
+      raise ValueError(
+        f"{owner}.update: the state at {p.site.path} is a plain "
+        f"{jnp.result_type(leaf)}{list(jnp.shape(leaf))} array, but this optimizer keeps it "
+        f"quantized with the {p.map} map ({p.reason}). Was the state made by the unwrapped "
+        "optimizer, or by quantized(...) with another min_size or rule? Initialise it with "
+        "this optimizer's init."
+      )
+    raise ValueError(
+      f"{owner}.update: the state at {p.site.path} was stored with the {was} map, but this "
+      f"optimizer's rules give the {p.map} map ({p.reason}); decoding it with the other map "
+      "would corrupt it. Was the state made by quantized(...) with another rule?"
+    )
+  for name, leaves in _by_map(plans, plans).items():
+    count = sum(n_blocks(int(np.prod(x.shape, dtype=np.int64)), block_size) for x in leaves)
+    expected = _codes_shape(count, bits, block_size)
+    codes = state.codes.get(name)
+    scales = state.scales.get(name)
+    got = None if codes is None else tuple(codes.shape)
+    if got != expected or scales is None or tuple(scales.shape) != (count,):
+      made = "" if got is None or len(got) != 3 else f" (bits={got[1]}, block_size={got[2] * 8})"
+      raise ValueError(
+        f"{owner}.update: the {name} codes have shape {got}{made}, but this optimizer "
+        f"(bits={bits}, block_size={block_size}) stores its {name} leaves, the first at "
+        f"{leaves[0].site.path}, as {expected}. Was the state made by another quantized(...) "
+        "configuration? Initialise it with this optimizer's init."
+      )
+  extra = sorted(set(state.codes) - {p.map for p in plans})
+  if extra:
+    raise ValueError(
+      f"{owner}.update: the state holds {extra[0]} codes, but this optimizer stores no leaf "
+      "with that map. Was the state made by another quantized(...) configuration?"
+    )
 
 
 def quantized(
@@ -196,11 +395,11 @@ def quantized(
   *,
   block_size: int | None = None,
   min_size: int = 4096,
-  signed: Callable[[str], bool | None] | None = None,
+  rule: Rule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Wraps any optax optimizer so that its parameter-shaped state is kept in ``bits`` bits.
+  r"""Wraps an optax optimizer so that its moments are kept block-wise in ``bits`` bits.
 
-  Each step dequantizes the state, runs ``optimizer.update`` and quantizes
+  Each step decodes the quantized leaves, runs ``optimizer.update`` and encodes
   the new state, all inside the caller's jitted step:
 
   .. math::
@@ -209,37 +408,41 @@ def quantized(
 
   where :math:`Q` stores every element of a block of ``block_size`` as a
   ``bits``-bit code of a companded map times the block's largest magnitude
-  (see :class:`QuantizedArray`). State bytes per parameter of a quantized
+  (see :mod:`adam_optax._quantize`). State bytes per parameter of a quantized
   leaf, scales included: :math:`\tfrac{bits}{8} + 4/\text{block\_size}` per
-  moment, so Adam's :math:`m, v` take 2.03 bytes at 8 bits and 1.06 at 4
-  bits, instead of 8 in float32.
+  moment, so Adam's :math:`m, v` take 2.03 bytes at 8 bits and 1.06 at 4 bits,
+  instead of 8 in float32.
 
-  Which leaves are quantized, and with which map, is decided by structure
-  and by a probe of the optimizer, never by field names; see
-  the rules of the documentation's "Low-memory state" page: a subtree that
-  mirrors the params is parameter-shaped; a probe of ``optimizer`` on
-  one-element stand-ins picks the unsigned map for leaves that stay ``>= 0``.
+  Which leaves are quantized, and with which map, is declared, never probed:
+  a real floating, parameter-shaped leaf of at least ``min_size`` elements, for
+  which ``rule`` or the table :func:`adam_optax.quantized_maps` (keyed on the
+  state's type and field: ``ScaleByAdamState.nu`` is ``"unsigned"``) names a
+  map. Every other leaf (counts, a copy of the params, unknown state types)
+  stays in full precision. :func:`describe_quantized` prints the decision for
+  every leaf.
 
   Args:
     optimizer: any :class:`optax.GradientTransformation` (or object with
-      ``init`` and ``update``, such as :class:`optax.MultiSteps`).
+      ``init`` and ``update``, such as :class:`optax.MultiSteps`), not itself
+      quantized.
     bits: 8 or 4.
-    block_size: elements per quantization block; ``None`` for 256 at 8 bits
-      and 128 at 4 bits (torchao's choices). Must be even.
-    min_size: leaves with fewer elements stay unquantized (bitsandbytes keeps
-      leaves under 4096 elements in 32 bits).
-    signed: optional ``signed(path) -> True | False | None`` over the state
-      leaves' paths (``jax.tree_util.keystr`` of the path in the inner state,
-      e.g. ``"[0].nu['w']"``): ``True`` forces the signed map, ``False`` the
-      unsigned map (values ``>= 0``; negative values would be stored as the
-      smallest positive level), ``None`` keeps the probe's choice.
+    block_size: elements per quantization block, a multiple of 8; ``None`` for
+      256 at 8 bits and 128 at 4 bits (torchao's choices).
+    min_size: leaves with fewer elements stay in full precision (bitsandbytes
+      keeps leaves under 4096 elements in 32 bits).
+    rule: optional ``rule(path, state_type) -> "signed" | "unsigned" | "keep" |
+      None``, asked for every eligible leaf: ``path`` is
+      ``jax.tree_util.keystr`` of the leaf's path in the inner state (e.g.
+      ``"[0].nu['w']"``), ``state_type`` the ``NamedTuple`` type whose field
+      holds it (or ``None``); ``None`` defers to :func:`quantized_maps`.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with state
     :class:`QuantizedState`.
 
   Raises:
-    ValueError: ``bits``, ``block_size`` or ``min_size`` is out of range.
+    ValueError: ``bits``, ``block_size``, ``min_size`` or ``rule`` is out of
+      range; ``optimizer`` is itself quantized.
     TypeError: ``optimizer`` has no ``init``/``update``.
 
   Examples:
@@ -248,9 +451,11 @@ def quantized(
     >>> optimizer = adam_optax.quantized(adam_optax.adam(1e-3), bits=8, min_size=16)
     >>> params = {"w": jnp.ones((64, 64)), "b": jnp.zeros(8)}
     >>> state = optimizer.init(params)
+    >>> state.codes["signed"].shape, state.codes["unsigned"].shape  # 16 blocks of 256 each
+    ((16, 8, 32), (16, 8, 32))
     >>> moments = state.inner_state[0]
-    >>> type(moments.mu["w"]).__name__, moments.mu["w"].signed, moments.nu["w"].signed
-    ('QuantizedArray', True, False)
+    >>> moments.mu["w"].dtype, moments.nu["w"].dtype  # placeholders: the map, in one byte
+    (dtype('int8'), dtype('uint8'))
     >>> moments.mu["b"].dtype  # under min_size: kept as it is
     dtype('float32')
 
@@ -269,6 +474,11 @@ def quantized(
       f"{type(optimizer).__name__}; did you pass the factory (adam) instead of the "
       "optimizer (adam(learning_rate))?"
     )
+  if optimizer.init in _QUANTIZED_INITS:
+    raise ValueError(
+      f"{owner}(optimizer=...): the optimizer is already quantized; quantized(quantized(...)) "
+      "would quantize placeholders. Wrap the unquantized optimizer once."
+    )
   if isinstance(bits, bool) or not isinstance(bits, int) or bits not in BITS:
     raise ValueError(f"{owner}(bits={bits!r}): bits must be 8 or 4")
   if block_size is None:
@@ -276,74 +486,47 @@ def quantized(
   if (
     isinstance(block_size, bool)
     or not isinstance(block_size, int)
-    or block_size < 2
-    or block_size % 2
+    or block_size < 8
+    or block_size % 8
   ):
-    raise ValueError(f"{owner}(block_size={block_size!r}): block_size must be an even int >= 2")
+    raise ValueError(
+      f"{owner}(block_size={block_size!r}): block_size must be a positive multiple of 8"
+    )
   if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
     raise ValueError(f"{owner}(min_size={min_size!r}): min_size must be an int >= 0")
-  if signed is not None and not callable(signed):
+  if rule is not None and not callable(rule):
     raise ValueError(
-      f"{owner}(signed={signed!r}): signed must be None or a function of the leaf's path"
+      f"{owner}(rule={rule!r}): rule must be None or a function of (path, state_type)"
     )
   inner = optax.with_extra_args_support(optimizer)
 
-  def _check_layout(updates: optax.Updates, stored: Any) -> None:
-    """Raises if ``stored`` was quantized by another configuration (or not at all)."""
-    for path, node in jax.tree_util.tree_flatten_with_path(stored, is_leaf=_lost_metadata)[0]:
-      if _lost_metadata(node):
-        raise TypeError(
-          f"{owner}.update: the state at {jax.tree_util.keystr(path)} is a "
-          f"{type(node).__name__} of 'codes' and 'scales' where a QuantizedArray belongs: "
-          "something rebuilt the state without its metadata (flax.nnx.Optimizer does, "
-          "storing it as nnx.State). Keep the state as optimizer.init returns it, e.g. with "
-          "nnx.split and a plain optax step (see the documentation's 'Low-memory state')."
-        )
-    flat, layout_def = jax.tree_util.tree_flatten_with_path(stored, is_leaf=_is_quantized)
-    stand_ins = [
-      jax.ShapeDtypeStruct(x.array_shape, x.array_dtype) if _is_quantized(x) else x for _, x in flat
-    ]
-    shaped = param_shaped_leaves(updates, jax.tree.unflatten(layout_def, stand_ins))
-    for (path, leaf), mirror in zip(flat, shaped, strict=True):
-      if _is_quantized(leaf):
-        layout = (leaf.bits, leaf.block_size)
-        if layout != (bits, block_size) or not mirror or leaf_size(leaf) < min_size:
-          raise ValueError(
-            f"{owner}.update: the state at {jax.tree_util.keystr(path)} was quantized with "
-            f"bits={leaf.bits}, block_size={leaf.block_size} ({leaf_size(leaf)} elements), "
-            f"but this optimizer has bits={bits}, block_size={block_size}, "
-            f"min_size={min_size}. Was the state made by another quantized(...) "
-            "configuration? Initialise it with this optimizer's init."
-          )
-      elif (
-        mirror
-        and jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
-        and jnp.size(leaf) >= min_size
-      ):
-        raise ValueError(
-          f"{owner}.update: the state at {jax.tree_util.keystr(path)} is a plain "
-          f"{jnp.result_type(leaf)}{list(jnp.shape(leaf))} array, but this optimizer "
-          f"keeps parameter-shaped leaves of >= min_size={min_size} elements quantized. Was "
-          "the state made by the unwrapped optimizer? Initialise it with this optimizer's init."
-        )
+  def plans_for(state: Any, params: Any) -> list[LeafPlan]:
+    return plan(state, params, min_size=min_size, rule=rule)
 
   def init_fn(params: optax.Params) -> QuantizedState:
-    state = inner.init(params)
+    if _INSIDE.get():
+      raise ValueError(
+        f"{owner}: a quantized(...) optimizer is nested inside another quantized(...); "
+        "wrap the unquantized optimizer once."
+      )
+    token = _INSIDE.set(True)
+    try:
+      state = inner.init(params)
+    finally:
+      _INSIDE.reset(token)
     if _PLAIN.get():
-      return QuantizedState(inner_state=state)
-    flat, state_def = jax.tree_util.tree_flatten_with_path(state)
-    shaped = param_shaped_leaves(params, state)
-    probed = _probe_signed(inner, params, state_def) or [True] * len(flat)
-    leaves = []
-    for (path, leaf), mirror, probe in zip(flat, shaped, probed, strict=True):
-      big = jnp.issubdtype(jnp.result_type(leaf), jnp.floating) and jnp.size(leaf) >= min_size
-      if not (mirror and big):
-        leaves.append(leaf)
-        continue
-      choice = signed(jax.tree_util.keystr(path)) if signed is not None else None
-      is_signed = probe if choice is None else bool(choice)
-      leaves.append(encode(leaf, bits, signed=is_signed, block_size=block_size))
-    return QuantizedState(inner_state=jax.tree.unflatten(state_def, leaves))
+      return QuantizedState(state, {}, {})
+    plans = plans_for(state, params)
+    records = _DESCRIPTIONS.get()
+    if records is not None:
+      records.append(QuantizedDescription(tuple(plans), bits, block_size, "whole tree"))
+    items, treedef = _items(state)
+    codes, scales = _encode_maps(_by_map(plans, [_leaf(i) for i in items]), bits, block_size)
+    stored = [
+      item if p.map is None else jnp.zeros((), _PLACEHOLDER[p.map])
+      for p, item in zip(plans, items, strict=True)
+    ]
+    return colocate(QuantizedState(treedef.unflatten(stored), codes, scales), params)
 
   def update_fn(
     updates: optax.Updates,
@@ -352,24 +535,46 @@ def quantized(
     **extra_args: Any,
   ) -> tuple[optax.Updates, QuantizedState]:
     check_state_type(owner, state, QuantizedState)
-    stored = state.inner_state
-    _check_layout(updates, stored)
-    updates, new_state = inner.update(updates, dequantized(stored), params, **extra_args)
-
-    def requantize(path: Any, old: Any, new: Any) -> Any:
-      if not _is_quantized(old):
-        return new
-      if jnp.shape(new) != old.array_shape or jnp.result_type(new) != old.array_dtype:
+    like = updates if params is None else params
+    abstract = jax.eval_shape(inner.init, like)
+    plans = plans_for(abstract, like)
+    abstract_items, treedef = _items(abstract)
+    try:
+      stored = treedef.flatten_up_to(state.inner_state)
+    except (ValueError, TypeError) as error:
+      raise ValueError(
+        f"{owner}.update: the inner state's structure differs from init's for these "
+        f"params: {error}. Was the state made by another optimizer?"
+      ) from None
+    _check_stored(owner, plans, stored, state, bits, block_size)
+    decoded = {
+      name: iter(values)
+      for name, values in _decode_maps(
+        state, _by_map(plans, [_leaf(i) for i in abstract_items])
+      ).items()
+    }
+    full = [
+      item if p.map is None else _rewrap(like_item, next(decoded[p.map]))
+      for p, item, like_item in zip(plans, stored, abstract_items, strict=True)
+    ]
+    updates, new_state = inner.update(updates, treedef.unflatten(full), params, **extra_args)
+    new_items = treedef.flatten_up_to(new_state)
+    for p, item in zip(plans, new_items, strict=True):
+      leaf = _leaf(item)
+      if p.map is not None and (jnp.shape(leaf), jnp.result_type(leaf)) != (p.shape, p.dtype):
         raise ValueError(
-          f"{owner}: the inner optimizer's state at {jax.tree_util.keystr(path)} changed "
-          f"from {old.array_dtype}{list(old.array_shape)} to "
-          f"{jnp.result_type(new)}{list(jnp.shape(new))} in update; a quantized leaf must "
-          "keep its shape and dtype."
+          f"{owner}: the inner optimizer's state at {p.site.path} changed from "
+          f"{p.dtype}{list(p.shape)} to {jnp.result_type(leaf)}{list(jnp.shape(leaf))} in "
+          "update; a quantized leaf must keep its shape and dtype."
         )
-      fresh = encode(new, old.bits, signed=old.signed, block_size=old.block_size)
-      return jax.tree.map(_placed_like, fresh, old)
+    codes, scales = _encode_maps(_by_map(plans, [_leaf(i) for i in new_items]), bits, block_size)
+    codes = {k: _placed_like(v, state.codes[k]) for k, v in codes.items()}
+    scales = {k: _placed_like(v, state.scales[k]) for k, v in scales.items()}
+    kept = [
+      old if p.map is not None else item
+      for p, old, item in zip(plans, stored, new_items, strict=True)
+    ]
+    return updates, QuantizedState(treedef.unflatten(kept), codes, scales)
 
-    stored = jax.tree_util.tree_map_with_path(requantize, stored, new_state, is_leaf=_is_quantized)
-    return updates, QuantizedState(inner_state=stored)
-
+  _QUANTIZED_INITS.add(init_fn)
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

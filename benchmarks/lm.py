@@ -176,15 +176,14 @@ class JaxRun:
   def state_bytes(self) -> dict[str, float]:
     """State bytes per param: all of it, and over the quantized (or >= 4096-element) leaves."""
     total = sum(x.nbytes for x in jax.tree.leaves(self.state))
-    is_q = lambda x: isinstance(x, adam_optax.QuantizedArray)  # noqa: E731
-    big_bytes, big_params = 0, 0
-    for leaf in jax.tree.leaves(self.state, is_leaf=is_q):
-      if is_q(leaf):
-        big_bytes += leaf.codes.nbytes + leaf.scales.nbytes
-        big_params += math.prod(leaf.array_shape)
-      elif leaf.size >= 4096:
-        big_bytes += leaf.nbytes
-        big_params += leaf.size
+    if isinstance(self.state, adam_optax.QuantizedState):
+      described = adam_optax.describe_quantized(self.optimizer, self.params)
+      kept = [x for x in described.leaves if x.map is not None or math.prod(x.shape) >= 4096]
+      big_bytes = sum(described.stored_bytes(x) for x in kept)
+      big_params = sum(math.prod(x.shape) for x in kept)
+    else:
+      big = [x for x in jax.tree.leaves(self.state) if x.size >= 4096]
+      big_bytes, big_params = sum(x.nbytes for x in big), sum(x.size for x in big)
     moments = 2  # Adam's m and v: bytes per param of the large leaves, both moments together
     return {"total": total / self.n_params, "large_leaves": moments * big_bytes / big_params}
 

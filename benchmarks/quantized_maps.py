@@ -76,8 +76,11 @@ def rank1_roundtrip(v: np.ndarray, bits: int) -> np.ndarray:
 
 def package_roundtrip(x: np.ndarray, bits: int, signed: bool, power: int) -> np.ndarray:
   block = 256 if bits == 8 else 128
-  q = _quantize.encode(jnp.asarray(x), bits, signed=signed, block_size=block, power=power)
-  return np.asarray(_quantize.decode(q, power=power), np.float64)
+  codes, scales = _quantize.encode(
+    jnp.asarray(x), bits, signed=signed, block_size=block, power=power
+  )
+  flat = _quantize.decode(codes, scales, bits, signed=signed, power=power).reshape(-1)
+  return np.asarray(flat[: x.size].reshape(x.shape), np.float64)
 
 
 def relative(a: list[np.ndarray], b: list[np.ndarray]) -> float:
