@@ -245,7 +245,7 @@ def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
   size = math.prod(shape)
   if len(shape) == 2:
     return shape[0], shape[1]
-  rows = next(r for r in (1024, 8, 1) if size % r == 0 and size >= 64 * r)
+  rows = next((r for r in (1024, 8) if size % r == 0 and size >= 64 * r), 1)
   return rows, size // rows
 
 

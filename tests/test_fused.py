@@ -603,3 +603,15 @@ def test_sharded_operands_run_the_kernel_per_shard_without_gathering(layout):
   _assert_bitwise(results[True], results[False])
   for a, b in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]), strict=True):
     assert a.sharding == b.sharding
+
+
+def test_the_step_shape_benchmark_runs_and_tabulates_every_shape():
+  """A smoke test of benchmarks/run.py's fused=True vs fused=False rows (tiny tree)."""
+  run = pytest.importorskip("benchmarks.run", reason="benchmarks/run.py needs torch")
+  shapes = [(64, 8), (8,)]
+  runners = run.step_shape_runners(shapes)
+  run.measure(runners, budget_s=0.0, min_sample_s=0.0)
+  table = run.step_shape_table("tiny", shapes, runners)
+  for label in run.STEP_SHAPES.values():
+    for api in (run.TWO_LINES, run.UPDATE_AND_APPLY):
+      assert re.search(rf"\| {re.escape(f'{label} | {api}')} \| .+ \| [0-9.]+x \|", table)
