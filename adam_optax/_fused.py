@@ -18,8 +18,9 @@ updates for ``optax.apply_updates``, so a kernel there cannot write the
 params; it would write the updates to a buffer of their own (a copy of the
 gradients wherever they are an argument of the step) and ``apply_updates``
 would read them back in a second pass: 0.22-0.47x the XLA path's speed on one
-32M array, as measured before issue 17 (``docs/performance_fused.md``). ``init`` is the chain's own too, so fused and
-unfused optimizers share one state.
+32M array, as measured before issue 17 (``docs/performance_fused.md``).
+``init`` is the chain's own too, so fused and unfused optimizers share one
+state.
 """
 
 from __future__ import annotations
