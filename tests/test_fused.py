@@ -605,6 +605,7 @@ def test_sharded_operands_run_the_kernel_per_shard_without_gathering(layout):
     assert a.sharding == b.sharding
 
 
+@pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")  # shape (c)
 def test_the_step_shape_benchmark_runs_and_tabulates_every_shape():
   """A smoke test of benchmarks/run.py's fused=True vs fused=False rows (tiny tree)."""
   run = pytest.importorskip("benchmarks.run", reason="benchmarks/run.py needs torch")
