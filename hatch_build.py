@@ -4,8 +4,10 @@ Hatchling runs this hook for every wheel, editable or not (``pip install .``,
 ``pip install -e .``, what ``make install`` does); ``python hatch_build.py``
 rebuilds the library in place (``make`` does when the source changes). When
 there is no C++17 compiler, or no jaxlib to take XLA's FFI headers from, the
-build is skipped with a warning and the package installs as pure Python: it
-then runs on the XLA path, and ``fused=True`` says so when used.
+build is skipped and the package installs as pure Python: it then runs on the
+XLA path. pip shows a build hook's output only with ``-v``, so the reason is
+also written into the package (``NOTE``, next to where the library would be),
+and ``fused=True`` reports it when used, with what to do.
 
 Compiler flags, and why:
 
@@ -44,6 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 SOURCE = ROOT / "csrc" / "adam_fused_cpu.cc"
 LIBRARY = "_adam_fused_cpu.so"  # adam_optax/_kernel.py loads this name
+NOTE = "_adam_fused_cpu.not-built.txt"  # why not, for adam_optax/_kernel.py to report
 FLAGS = [
   "-std=c++17",
   "-O3",
@@ -97,6 +100,23 @@ def compile_kernel(output: Path, compiler: str | None = None) -> str | None:
   return None
 
 
+def build(output: Path, compiler: str | None = None) -> str | None:
+  """:func:`compile_kernel`, recording the outcome next to ``output`` for the runtime.
+
+  On failure the reason goes to ``output``'s directory as ``NOTE`` (and to
+  stderr); on success a stale ``NOTE`` is removed. Returns the reason, or ``None``.
+  """
+  note = output.with_name(NOTE)
+  error = compile_kernel(output, compiler)
+  if error is None:
+    note.unlink(missing_ok=True)
+    return None
+  note.parent.mkdir(parents=True, exist_ok=True)
+  note.write_text(error + "\n")
+  print(f"adam_optax: the fused CPU kernel was not built: {error}", file=sys.stderr)
+  return error
+
+
 try:
   from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 except ImportError:  # run as a script, outside a build
@@ -115,13 +135,15 @@ class CustomBuildHook(BuildHookInterface):  # type: ignore[misc,valid-type]
       output = ROOT / "adam_optax" / LIBRARY
     else:
       output = Path(self.directory) / "kernel" / LIBRARY
-    error = compile_kernel(output)
+    error = build(output)
     if error is not None:
       warnings.warn(
         f"adam_optax: the fused CPU kernel was not built ({error}); the package works "
         "without it, on the XLA path.",
         stacklevel=1,
       )
+      if version != "editable":
+        build_data["force_include"][str(output.with_name(NOTE))] = f"adam_optax/{NOTE}"
       return
     if version != "editable":
       build_data["force_include"][str(output)] = f"adam_optax/{LIBRARY}"
@@ -130,6 +152,6 @@ class CustomBuildHook(BuildHookInterface):  # type: ignore[misc,valid-type]
 
 
 if __name__ == "__main__":
-  problem = compile_kernel(ROOT / "adam_optax" / LIBRARY)
+  problem = build(ROOT / "adam_optax" / LIBRARY)
   if problem is not None:
     sys.exit(f"adam_optax: kernel not built: {problem}")

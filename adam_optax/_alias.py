@@ -58,9 +58,10 @@ def adam(
     mu_dtype: dtype of the first moment in the state (default: the params').
     nesterov: use Nesterov momentum (NAdam, Dozat 2016).
     nu_dtype: dtype of the second moment in the state (default: the params').
-    fused: run ``update`` as one call of the fused CPU kernel for the whole
-      tree (same state, same numbers; see :func:`adam_optax.update_and_apply`
-      and ``docs/performance_fused.md``).
+    fused: let :func:`adam_optax.update_and_apply` run the step as one call
+      of the fused CPU kernel for the whole tree (same state, same numbers;
+      ``init`` and ``update`` stay the chain's; see
+      ``docs/performance_fused.md``).
 
   Returns:
     An :class:`optax.GradientTransformation`.
@@ -114,8 +115,9 @@ def adam_chain(
   ``scale_by_moments(**moments)``, then ``bias_correction`` of the moments
   flagged in ``correct`` (left out when neither is), then ``add_decayed_weights``
   when ``weight_decay`` is given (``None`` is an error, as in ``optax.adamw``),
-  then ``scale_by_lr``. With ``fused=True`` the same chain, its ``update`` run
-  by the fused CPU kernel (:mod:`adam_optax._fused`).
+  then ``scale_by_lr``. With ``fused=True`` the same chain, marked for
+  :func:`adam_optax.update_and_apply` to run with the fused CPU kernel
+  (:mod:`adam_optax._fused`).
   """
   fused = check_flag(owner, "fused", fused)
   learning_rate = check_rate(owner, "learning_rate", learning_rate)

@@ -68,8 +68,8 @@ def adamw(
       The Adam step itself applies to every leaf.
     nesterov: use Nesterov momentum: this is then :func:`nadamw`.
     nu_dtype: dtype of the second moment in the state (default: the params').
-    fused: run ``update`` as one call of the fused CPU kernel, as in
-      :func:`adam_optax.adam`.
+    fused: let :func:`adam_optax.update_and_apply` run the step with the
+      fused CPU kernel, as in :func:`adam_optax.adam`.
 
   Returns:
     An :class:`optax.GradientTransformation`; ``update`` needs ``params``.
@@ -164,8 +164,8 @@ def nadam(
     momentum_decay: ``None`` (default) for optax's NAdam, or torch's
       :math:`\psi \ge 0` (``4e-3`` in torch) for its momentum schedule.
     nu_dtype: dtype of the second moment in the state (default: the params').
-    fused: run ``update`` as one call of the fused CPU kernel, as in
-      :func:`adam_optax.adam`.
+    fused: let :func:`adam_optax.update_and_apply` run the step with the
+      fused CPU kernel, as in :func:`adam_optax.adam`.
 
   Returns:
     An :class:`optax.GradientTransformation`.
@@ -238,8 +238,8 @@ def nadamw(
     momentum_decay: ``None`` for optax's NAdamW, or torch's :math:`\psi`, as
       in :func:`nadam`.
     nu_dtype: dtype of the second moment in the state (default: the params').
-    fused: run ``update`` as one call of the fused CPU kernel, as in
-      :func:`adam_optax.adam`.
+    fused: let :func:`adam_optax.update_and_apply` run the step with the
+      fused CPU kernel, as in :func:`adam_optax.adam`.
 
   Returns:
     An :class:`optax.GradientTransformation`; ``update`` needs ``params``.
@@ -355,8 +355,8 @@ def amsgrad(
     convention: ``"torch"``, ``"optax"`` or ``"paper"``, see above.
     nu_dtype: dtype of the second moment and its maximum (default: the
       params').
-    fused: run ``update`` as one call of the fused CPU kernel, as in
-      :func:`adam_optax.adam`.
+    fused: let :func:`adam_optax.update_and_apply` run the step with the
+      fused CPU kernel, as in :func:`adam_optax.adam`.
 
   Returns:
     An :class:`optax.GradientTransformation`; the state keeps the maximum in
@@ -427,8 +427,8 @@ def adamax(
     eps: :math:`\epsilon`, added to :math:`|g_t|` inside the maximum, ``>= 0``.
     mu_dtype: dtype of the first moment in the state (default: the params').
     nu_dtype: dtype of :math:`u_t` in the state (default: the params').
-    fused: run ``update`` as one call of the fused CPU kernel, as in
-      :func:`adam_optax.adam`.
+    fused: let :func:`adam_optax.update_and_apply` run the step with the
+      fused CPU kernel, as in :func:`adam_optax.adam`.
 
   Returns:
     An :class:`optax.GradientTransformation`; :math:`u_t` is kept in

@@ -1,19 +1,26 @@
-r"""``fused=True``: the family's chain run by one CPU kernel call per step.
+r"""``fused=True``: the family's step run by one CPU kernel call, in :func:`update_and_apply`.
 
 :func:`adam_optax.adam` and its family are ``optax.chain(scale_by_moments,
 bias_correction, [add_decayed_weights], scale_by_lr)``. Under XLA:CPU that
-chain compiles to three loops per parameter array (new ``mu``, new ``nu``, the
-update), and with thousands of arrays to thousands of loops. With
-``fused=True`` the optimizer's ``init`` is the chain's own (the same state, so
-fused and unfused optimizers can trade states) and its ``update`` runs the
-chain's state logic (step counts, schedules, masks, per-step scalars, all
-through the same helpers) and hands the per-element work of every leaf to one
-call of the kernel in ``csrc/adam_fused_cpu.cc``, which performs the chain's
-operations in the chain's order.
+chain and ``optax.apply_updates`` compile to three loops per parameter array
+(new ``mu``, new ``nu``, the new params), 40 bytes per float32 parameter by
+XLA's own count. :func:`update_and_apply` with an optimizer made with
+``fused=True`` hands the per-element work of every leaf to one call of the
+kernel in ``csrc/adam_fused_cpu.cc``, which performs the chain's operations in
+the chain's order and adds the update to the params in place: read
+:math:`\theta, g, m, v`, write :math:`\theta, m, v`, 28 bytes per parameter.
+The chain's state logic (step counts, schedules, masks, per-step scalars)
+runs through the chain's own helpers.
 
-:func:`update_and_apply` goes one step further: the kernel also adds the
-update to the params, in place, the 28 bytes per float32 parameter a step
-must move.
+The rule for where the kernel runs: in :func:`update_and_apply` only. A fused
+optimizer's ``update`` is the chain's own ``update``: it must return the
+updates for ``optax.apply_updates``, so a kernel there cannot write the
+params; it would write the updates to a buffer of their own (a copy of the
+gradients wherever they are an argument of the step) and ``apply_updates``
+would read them back in a second pass: 0.22-0.47x the XLA path's speed on one
+32M array, as measured before issue 17 (``docs/performance_fused.md``).
+``init`` is the chain's own too, so fused and unfused optimizers share one
+state.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -74,15 +82,15 @@ class Plan:
 
 
 def fused_chain(plan: Plan, chain: optax.GradientTransformation) -> optax.GradientTransformation:
-  """``chain`` with its ``update`` run by the fused kernel.
+  """``chain``, marked for :func:`update_and_apply` to run with the fused kernel.
 
   Falls back to ``chain`` itself, with a warning, when the kernel is not built.
   """
   error = _kernel.load_error()
   if error is not None:
     warnings.warn(
-      f"{plan.owner}(fused=True): the fused CPU kernel is unavailable ({error}); "
-      "using the XLA path, which gives the same results more slowly.",
+      f"{plan.owner}(fused=True): the fused CPU kernel is unavailable ({error}). Using "
+      "the XLA path, which gives the same results more slowly.",
       RuntimeWarning,
       stacklevel=3,
     )
@@ -110,19 +118,22 @@ def update_and_apply(
   The results equal the unfused optimizer's ``update`` followed by
   :func:`optax.apply_updates` inside one jitted function, bit for bit in
   float32 and float64 (XLA fuses the last multiply and add into one FMA there,
-  and so does the kernel).
+  and so does the kernel), except in the configurations that
+  ``docs/performance_fused.md`` lists with their measured bounds (moments
+  stored in another dtype than the params', and leaves with a short last
+  dimension under NAdam or weight decay), each tested.
 
   Args:
     optimizer: any :class:`optax.GradientTransformation`.
     grads: the gradients, shaped like the params.
     state: the optimizer's state.
-    params: the params.
+    params: the params (not ``None``: the step adds the updates to them).
 
   Returns:
     ``(new_params, new_state)``.
 
   Raises:
-    ValueError: ``params`` is ``None`` for a fused optimizer; and whatever
+    ValueError: ``params`` is ``None``, for every optimizer; and whatever
       ``optimizer.update`` raises (a gradient tree or state that does not fit,
       named by the leaf's path).
 
@@ -139,14 +150,19 @@ def update_and_apply(
     >>> params["w"]  # -0.1 * (sign(g) + 0.01 w)
     Array([ 0.899, -1.898], dtype=float32)
   """
+  if params is None:
+    raise ValueError(
+      "update_and_apply(params=None): the step adds the updates to the params, so it "
+      "needs them; pass the params tree (for the updates alone, call optimizer.update)."
+    )
   if isinstance(optimizer.update, FusedUpdate):
-    return optimizer.update.step(grads, state, params, apply=True)
+    return optimizer.update.apply(grads, state, params)
   updates, state = optimizer.update(grads, state, params)
   return optax.apply_updates(params, updates), state
 
 
 class FusedUpdate:
-  """The ``update`` of a fused optimizer (a callable, so that it can be recognised)."""
+  """A fused optimizer's ``update``: the chain's own, recognised by :func:`update_and_apply`."""
 
   def __init__(self, plan: Plan, chain: optax.GradientTransformation):
     self.plan = plan
@@ -156,15 +172,16 @@ class FusedUpdate:
   def __call__(
     self, updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
   ) -> tuple[optax.Updates, optax.OptState]:
-    return self.step(updates, state, params, apply=False)
+    return self.chain.update(updates, state, params)
 
-  def step(
-    self, grads: optax.Updates, state: Any, params: optax.Params | None, *, apply: bool
-  ) -> tuple[Any, optax.OptState]:
-    """The chain's update (``apply=False``) or update and ``apply_updates`` (``True``)."""
+  def apply(
+    self, grads: optax.Updates, state: Any, params: optax.Params
+  ) -> tuple[optax.Params, optax.OptState]:
+    """The chain's update followed by ``optax.apply_updates``, by the kernel where it can."""
     plan = self.plan
-    if not isinstance(state, tuple) or len(state) != self.parts:
-      return self.chain.update(grads, state, params)  # raises optax.chain's own error
+    if not isinstance(state, tuple) or len(state) != self.parts:  # optax.chain's own error
+      updates, state = self.chain.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
     moments, *rest = state
     check_update(plan.moments, moments, grads, params)
     count = num.saturating_increment(moments.count)
@@ -183,8 +200,6 @@ class FusedUpdate:
       "scale_by_lr", "learning_rate", plan.learning_rate, rest.pop(0)
     )
     new_states.append(lr_state)
-    if apply and params is None:
-      raise ValueError(f"{plan.owner}: update_and_apply needs the params.")
 
     @functools.cache
     def scalars(dtype: np.dtype) -> tuple[_StepScalars, jax.Array, jax.Array, jax.Array]:
@@ -196,8 +211,9 @@ class FusedUpdate:
         descent_factor(learning_rate, real),
       )
 
-    leaves = _Leaves(grads, moments, params if (apply or plan.weight_decay is not None) else None)
-    outputs = _run(plan.moments.leaf, leaves, decayed, scalars, apply)
+    leaves = _Leaves(grads, moments, params)
+    units = _UNIT_LR * _is_constant_one(learning_rate) | _UNIT_DECAY * _is_constant_one(rate)
+    outputs = _run(plan.moments.leaf, leaves, decayed, scalars, units)
     new_moments = moments._replace(
       count=count,
       mu=leaves.unflatten(outputs[1]),
@@ -209,6 +225,22 @@ class FusedUpdate:
 
 def _ones(dtype: np.dtype) -> jax.Array:
   return jnp.ones([], dtype)
+
+
+_UNIT_LR, _UNIT_DECAY = _kernel.UNIT_LR, _kernel.UNIT_DECAY
+
+
+def _is_constant_one(value: Any) -> bool:
+  """Whether ``value`` is 1, a constant of the program being traced (a jaxpr literal).
+
+  XLA drops a multiply by such a constant and fuses the product before it into
+  the add after it instead; the kernel is told to do the same (``kUnitLr``,
+  ``kUnitDecay`` in csrc). A traced value (an injected hyperparameter, a
+  schedule of the step count) is multiplied by, and so is any value outside
+  :func:`jax.jit`, where XLA compiles each operation by itself.
+  """
+  literal = getattr(value, "val", None)  # jax's tracer of a literal holds the literal
+  return isinstance(literal, jax.extend.core.Literal) and bool(np.asarray(literal.val) == 1)
 
 
 def _decay_step(
@@ -228,9 +260,9 @@ def _decay_step(
 
 
 class _Leaves:
-  """The flat leaves of the gradients, the moments and (if needed) the params."""
+  """The flat leaves of the gradients, the moments and the params."""
 
-  def __init__(self, grads: optax.Updates, moments: Any, params: optax.Params | None):
+  def __init__(self, grads: optax.Updates, moments: Any, params: optax.Params):
     self.grads = jax.tree.leaves(grads)
     treedef: Any = jax.tree.structure(grads)  # PyTreeDef: jaxlib ships no stub for it
     self.treedef = treedef
@@ -238,7 +270,7 @@ class _Leaves:
     self.nu = treedef.flatten_up_to(moments.nu)
     none: list[Any] = [None] * len(self.grads)
     self.nu_max = none if moments.nu_max is None else treedef.flatten_up_to(moments.nu_max)
-    self.params = none if params is None else treedef.flatten_up_to(params)
+    self.params = treedef.flatten_up_to(params)
 
   def unflatten(self, leaves: Sequence[Any]) -> Any:
     return self.treedef.unflatten(leaves)
@@ -247,7 +279,7 @@ class _Leaves:
     return self.grads[index], self.mu[index], self.nu[index], self.nu_max[index], self.params[index]
 
 
-def _kernel_dtype(operands: Sequence[Any], apply: bool) -> np.dtype | None:
+def _kernel_dtype(operands: Sequence[Any]) -> np.dtype | None:
   """The compute dtype the kernel would use for this leaf, or ``None`` if it cannot take it."""
   grad, param = operands[0], operands[-1]
   present = [x for x in operands if x is not None]
@@ -261,7 +293,7 @@ def _kernel_dtype(operands: Sequence[Any], apply: bool) -> np.dtype | None:
   compute = num.compute_dtype(grad.dtype)
   if compute == np.float64 and np.dtype(jnp.bfloat16) in dtypes:
     return None  # float64 -> bfloat16 would round twice
-  if apply and (param is None or param.dtype != grad.dtype):
+  if param is None or param.dtype != grad.dtype:
     return None
   return compute
 
@@ -271,20 +303,20 @@ def _run(
   leaves: _Leaves,
   decayed: list[bool],
   scalars: Any,
-  apply: bool,
+  units: int,
 ) -> list[list[Any]]:
-  """Per leaf ``out, mu, nu, nu_max``: the kernel's where it can, else the chain's."""
+  """Per leaf ``new params, mu, nu, nu_max``: the kernel's where it can, else the chain's."""
   count = len(leaves.grads)
   columns: list[list[Any]] = [[None] * count for _ in range(4)]
   groups: dict[np.dtype, list[int]] = {}
   for index in range(count):
     leaf = leaves.operands(index)
-    dtype = _kernel_dtype(leaf, apply)
+    dtype = _kernel_dtype(leaf)
     if dtype is not None:
       groups.setdefault(dtype, []).append(index)
       continue
     k, factor, rate, neg_lr = scalars(num.compute_dtype(jnp.result_type(leaf[0])))
-    results = _chain_leaf(options, k, factor, rate, neg_lr, decayed[index], apply, *leaf)
+    results = _chain_leaf(options, k, factor, rate, neg_lr, decayed[index], *leaf)
     for column, value in zip(columns, results, strict=False):
       column[index] = value
   for dtype, members in groups.items():
@@ -293,10 +325,9 @@ def _run(
     vector = jnp.stack([x.astype(dtype) for x in (*k, factor, rate, neg_lr)])
     for start in range(0, len(members), LEAVES_PER_CALL):
       indices = members[start : start + LEAVES_PER_CALL]
-      needs_params = apply or any(decayed[i] for i in indices)
       call = _kernel.Call(
         dtype=dtype,
-        mode=_mode(options, apply, needs_params),
+        mode=_mode(options) | units,
         leaf_flags=tuple(_kernel.DECAY if decayed[i] else 0 for i in indices),
         options=options,
         xla_impl=_xla_impl,
@@ -306,7 +337,7 @@ def _run(
         grad, mu, nu, nu_max, param = leaves.operands(i)
         operands += [grad, mu, nu]
         operands += [nu_max] if options.amsgrad else []
-        operands += [param] if needs_params else []
+        operands += [param]
       outputs = _kernel.fused_call(call, vector, operands)
       per_leaf = call.outputs_per_leaf
       for position, i in enumerate(indices):
@@ -315,14 +346,13 @@ def _run(
   return columns
 
 
-def _mode(options: LeafOptions, apply: bool, needs_params: bool) -> int:
+def _mode(options: LeafOptions) -> int:
   bits = [
     (options.nesterov, _kernel.NESTEROV),
     (options.amsgrad, _kernel.AMSGRAD),
     (options.nu_correction == "inside", _kernel.INSIDE),
     (options.infinity_norm, _kernel.INFINITY),
-    (apply, _kernel.APPLY),
-    (needs_params, _kernel.HAS_PARAMS),
+    (True, _kernel.APPLY | _kernel.HAS_PARAMS),
   ]
   return sum(bit for on, bit in bits if on)
 
@@ -334,14 +364,13 @@ def _chain_leaf(
   rate: jax.Array,
   neg_lr: jax.Array,
   decay: bool,
-  apply: bool,
   grad: Any,
   mu: Any,
   nu: Any,
   nu_max: Any,
   param: Any,
 ) -> tuple[Any, ...]:
-  """One leaf through the chain's own leaf functions: what the kernel computes."""
+  """One leaf through the chain's leaf functions and ``apply_updates``: what the kernel does."""
   if grad is None:
     return None, None, None, None
   ratio, new_mu, new_nu, *kept = update_leaf(options, lambda _: k, grad, mu, nu, nu_max)
@@ -349,34 +378,23 @@ def _chain_leaf(
   if decay:
     update = decay_leaf(rate, update, param)
   update = scale_leaf(update, neg_lr)
-  out = optax.apply_updates(param, update) if apply else update
-  return out, new_mu, new_nu, kept[0] if kept else None
+  return optax.apply_updates(param, update), new_mu, new_nu, kept[0] if kept else None
 
 
 def _xla_impl(call: _kernel.Call, scalars: jax.Array, operands: Sequence[Any]) -> list[Any]:
   """The kernel's results computed by XLA from the same scalars (see :mod:`._kernel`)."""
   *moment_scalars, factor, rate, neg_lr = scalars  # the order _run stacks them in
   k = _StepScalars(*moment_scalars)
+  if call.mode & _UNIT_DECAY:  # constants again, so that XLA folds them as in the chain
+    rate = jnp.ones([], rate.dtype)
+  if call.mode & _UNIT_LR:
+    neg_lr = -jnp.ones([], neg_lr.dtype)
   options = call.options
   results: list[Any] = []
   for leaf, flags in zip(call.leaves(operands), call.leaf_flags, strict=True):
-    grad, mu, nu = leaf[:3]
-    nu_max = leaf[3] if options.amsgrad else None
-    param = leaf[-1] if call.mode & _kernel.HAS_PARAMS else None
-    apply = bool(call.mode & _kernel.APPLY)
-    out = _chain_leaf(
-      options,
-      k,
-      factor,
-      rate,
-      neg_lr,
-      bool(flags & _kernel.DECAY),
-      apply,
-      grad,
-      mu,
-      nu,
-      nu_max,
-      param,
-    )
+    grad, mu, nu, *rest = leaf
+    nu_max = rest[0] if options.amsgrad else None
+    decay = bool(flags & _kernel.DECAY)
+    out = _chain_leaf(options, k, factor, rate, neg_lr, decay, grad, mu, nu, nu_max, rest[-1])
     results += list(out[: call.outputs_per_leaf])
   return results

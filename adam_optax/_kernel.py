@@ -41,7 +41,8 @@ from jax.experimental.custom_partitioning import (
 # Library file name (the build writes it next to this module) and ABI version:
 # both must match csrc/adam_fused_cpu.cc.
 LIBRARY = "_adam_fused_cpu.so"
-ABI_VERSION = 2
+NOTE = "_adam_fused_cpu.not-built.txt"  # the build's reason, when it could not build LIBRARY
+ABI_VERSION = 3
 TARGETS = {
   np.dtype(np.float32): "adam_optax_fused_f32",
   np.dtype(np.float64): "adam_optax_fused_f64",
@@ -52,7 +53,9 @@ _SYMBOLS = {
 }
 
 # Bits of the kernel's "mode" attribute and of its per-leaf flags.
-NESTEROV, AMSGRAD, INSIDE, INFINITY, APPLY, HAS_PARAMS = (1 << i for i in range(6))
+NESTEROV, AMSGRAD, INSIDE, INFINITY, APPLY, HAS_PARAMS, UNIT_LR, UNIT_DECAY = (
+  1 << i for i in range(8)
+)
 DECAY = 1
 
 
@@ -65,9 +68,14 @@ def load_error() -> str | None:
   """
   path = Path(os.environ.get("ADAM_OPTAX_FUSED_LIBRARY", Path(__file__).with_name(LIBRARY)))
   if not path.exists():
+    note = path.with_name(NOTE)
+    why = f": {note.read_text().strip()}" if note.exists() else ""
     return (
-      f"{path} was not built: installing adam_optax compiles it when a C++17 "
-      "compiler is found (see hatch_build.py)"
+      f"{path.name} was not built when adam_optax was installed{why}. Installing adam_optax "
+      "compiles it where a C++17 compiler is found: install one (g++ or clang++; CXX names "
+      "another) and reinstall adam_optax from source (pip install --force-reinstall "
+      "--no-deps --no-binary adam_optax adam_optax, or pip install -e . in a checkout), or "
+      "pass fused=False"
     )
   try:
     library = ctypes.CDLL(str(path))

@@ -8,10 +8,12 @@ hyperparameter sets, in float32 and float64. Errors are normwise per step
 The second table does the same for every member of the family, with the
 variants, gradients and references of ``tests/test_family_parity.py``.
 
-The third compares ``fused=True`` with the XLA path (the same optimizer
-unfused, jitted) on the trees of ``tests/test_fused.py``: 30 steps, gradient
-scales 1, 1e-2 and 1e-6, adam, adamw (schedules and a mask), nadamw, amsgrad
-and adamax, the updates of ``update`` and the params of ``update_and_apply``.
+The third compares ``update_and_apply`` with ``fused=True`` with the XLA path
+(the same optimizer unfused, jitted) on the trees of ``tests/test_fused.py``:
+30 steps, gradient scales 1, 1e-2 and 1e-6, adam, adamw (schedules and a
+mask), nadamw, amsgrad and adamax (and, for a rate of 1, the members of
+``UNIT_RATES``), the state and the params. (A fused optimizer's ``update`` is
+the chain's own: nothing to compare.)
 "identical": the same bits in every element of every step; otherwise the
 largest difference over the largest value ("gap").
 
@@ -43,7 +45,7 @@ from tests.references import (
   units_apart,
 )
 from tests.test_family_parity import HYPERPARAMETERS, VARIANTS, errors
-from tests.test_fused import MEMBERS, SMALL_MINOR, _grads, _run, _tree
+from tests.test_fused import MEMBERS, SMALL_MINOR, UNIT_RATES, _grads, _run, _tree
 
 SETTINGS = [(1e-3, 0.9, 0.999, 1e-8), (3e-2, 0.8, 0.99, 1e-3), (1e-3, 0.95, 0.9999, 1e-8)]
 SCALES = [1.0, 1e-3, 1e-6, 1e-9]
@@ -131,6 +133,20 @@ def family_table() -> None:
 FUSED_CONFIGURATIONS = [  # (label, params dtype, x64, moment dtypes, shapes)
   ("float32", np.float32, False, {}, None),
   ("float64", np.float64, True, {}, None),
+  (
+    "float32, learning rate or weight decay 1 (constant or schedule)",
+    np.float32,
+    False,
+    {},
+    "unit",
+  ),
+  (
+    "float32, mu_dtype=nu_dtype=float64 ³",
+    np.float32,
+    True,
+    {"mu_dtype": np.float64, "nu_dtype": np.float64},
+    None,
+  ),
   ("float32, leaves with a short last dimension ¹", np.float32, False, {}, SMALL_MINOR),
   ("bfloat16 params", jax.numpy.bfloat16, False, {}, None),
   ("float16 params", jax.numpy.float16, False, {}, None),
@@ -153,27 +169,28 @@ def fused_table(steps: int = 30) -> None:
   if _kernel.load_error() is not None:  # fused=True would be the XLA path itself
     print(f"\n(fused kernel not built here: {_kernel.load_error()})")
     return
-  print("\n| configuration | state | updates (update) | params (update_and_apply) |")
-  print("|---|---|---|---|")
+  print("\n| configuration | state | params (update_and_apply) |")
+  print("|---|---|---|")
   for label, dtype, x64, moment_dtypes, shapes in FUSED_CONFIGURATIONS:
-    worst = {"state": [0, 0.0], "updates": [0, 0.0], "params": [0, 0.0]}
+    worst = {"state": [0, 0.0], "params": [0, 0.0]}
+    members = UNIT_RATES if shapes == "unit" else {n: MEMBERS[n] for n in FUSED_MEMBERS}
+    shapes = None if shapes == "unit" else shapes
     with jax.enable_x64(x64):
-      for name in FUSED_MEMBERS:
+      for make in members.values():
         for scale in (1.0, 1e-2, 1e-6):
           params = _tree(dtype) if shapes is None else _shaped(shapes, dtype)
           grads = (
             _grads(dtype, scale, steps) if shapes is None else _shaped_grads(params, scale, steps)
           )
-          for level, key in ((1, "updates"), (2, "params")):
-            fused = _run(MEMBERS[name](fused=True, **moment_dtypes), level, params, grads)
-            xla = _run(MEMBERS[name](**moment_dtypes), level, params, grads)
-            for (out, state), (xla_out, xla_state) in zip(fused, xla, strict=True):
-              for kind, a_tree, b_tree in (("state", state, xla_state), (key, out, xla_out)):
-                for a, b in zip(jax.tree.leaves(a_tree), jax.tree.leaves(b_tree), strict=True):
-                  if np.size(a):
-                    worst[kind][0] = max(worst[kind][0], units_apart(a, b))
-                    if jax.numpy.issubdtype(a.dtype, jax.numpy.floating):
-                      worst[kind][1] = max(worst[kind][1], relative_gap(a, b))
+          fused = _run(make(fused=True, **moment_dtypes), params, grads)
+          xla = _run(make(**moment_dtypes), params, grads)
+          for (out, state), (xla_out, xla_state) in zip(fused, xla, strict=True):
+            for kind, a_tree, b_tree in (("state", state, xla_state), ("params", out, xla_out)):
+              for a, b in zip(jax.tree.leaves(a_tree), jax.tree.leaves(b_tree), strict=True):
+                if np.size(a):
+                  worst[kind][0] = max(worst[kind][0], units_apart(a, b))
+                  if jax.numpy.issubdtype(a.dtype, jax.numpy.floating):
+                    worst[kind][1] = max(worst[kind][1], relative_gap(a, b))
 
     def cell(units: int, gap: float) -> str:
       return "identical" if units == 0 else f"gap {gap:.1e}"

@@ -74,6 +74,7 @@ XLA_TREE = "adam_optax (tree)"
 FLOOR = "floor: jit returning the donated params and state (tree)"
 FUSED_TREE = "adam_optax update_and_apply (tree)"
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
+SHAPES_BEGIN, SHAPES_END = "<!-- BEGIN STEP SHAPES -->", "<!-- END STEP SHAPES -->"
 
 
 def transformer_shapes(layers: int, width: int, vocab: int) -> list[tuple[int, ...]]:
@@ -118,6 +119,15 @@ class Runner:
   temp_bytes: int | None = None
   samples: list[float] = field(default_factory=list)
   repeats: int = 1
+  prepare: Callable[[], None] | None = None  # run before each step, untimed
+
+  def timed(self) -> float:
+    """One step's wall time (``prepare`` first, untimed)."""
+    if self.prepare is not None:
+      self.prepare()
+    start = time.perf_counter()
+    self.step()
+    return time.perf_counter() - start
 
 
 def _jax_runner(
@@ -219,29 +229,129 @@ def make_runners(shapes: list[tuple[int, ...]], seed: int = 0) -> list[Runner]:
   ]
 
 
+# fused=True against fused=False in the three shapes a training step takes.
+# Params and state are donated in all three; the step is written as users
+# write it (update, then optax.apply_updates) and with update_and_apply.
+STEP_SHAPES = {
+  "a": "(a) gradients an argument",
+  "b": "(b) gradients from jax.grad in the step",
+  "c": "(c) gradients donated",
+}
+TWO_LINES, UPDATE_AND_APPLY = "update + apply_updates", "update_and_apply"
+
+
+def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+  """The 2-D view a leaf is used as in shape (b)'s loss (a matrix multiply)."""
+  size = math.prod(shape)
+  if len(shape) == 2:
+    return shape[0], shape[1]
+  rows = next((r for r in (1024, 8) if size % r == 0 and size >= 64 * r), 1)
+  return rows, size // rows
+
+
+def _loss(params: Any, inputs: Any) -> jax.Array:
+  """sum(tanh(x @ W)) over the leaves: gradients that XLA materialises, as a model's are."""
+  terms = [
+    jnp.sum(jnp.tanh(x @ p.reshape(_matrix_shape(p.shape))))
+    for p, x in zip(jax.tree.leaves(params), jax.tree.leaves(inputs), strict=True)
+  ]
+  return functools.reduce(jnp.add, terms)
+
+
+def _step_shape_runner(shape: str, api: str, fused: bool, params: Any, grads: Any) -> Runner:
+  """One step shape (``STEP_SHAPES``) of ``adam(fused=fused)`` with ``api``."""
+  optimizer = adam_optax.adam(LEARNING_RATE, fused=fused)
+
+  def apply(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
+    if api == UPDATE_AND_APPLY:
+      return adam_optax.update_and_apply(optimizer, grads, state, params)
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  def from_inputs(params: Any, state: Any, inputs: Any) -> tuple[Any, Any]:
+    return apply(params, state, jax.grad(_loss)(params, inputs))
+
+  if shape == "b":
+    rng = np.random.default_rng(1)
+    args = jax.tree.map(
+      lambda p: jnp.asarray(rng.standard_normal((4, _matrix_shape(p.shape)[0])), jnp.float32),
+      params,
+    )
+  else:
+    args = grads
+  step = from_inputs if shape == "b" else apply
+  donate = (0, 1, 2) if shape == "c" else (0, 1)
+  params = jax.tree.map(jnp.copy, params)
+  state = optimizer.init(params)
+  compiled = jax.jit(step, donate_argnums=donate).lower(params, state, args).compile()
+  box = [params, state, args]
+
+  def fresh_gradients() -> None:  # shape (c): the step consumes them
+    box[2] = jax.block_until_ready(jax.tree.map(jnp.copy, grads))
+
+  def run() -> None:
+    box[0], box[1] = compiled(*box)
+    jax.tree.leaves(box[0])[0].block_until_ready()
+
+  name = f"{STEP_SHAPES[shape]}, {api}, fused={fused}"
+  return Runner(name, run, prepare=fresh_gradients if shape == "c" else None)
+
+
+def step_shape_runners(shapes: list[tuple[int, ...]], seed: int = 0) -> list[Runner]:
+  """fused=False and fused=True side by side, per step shape and API."""
+  rng = np.random.default_rng(seed)
+  params = {
+    f"p{i:04d}": jnp.asarray(rng.standard_normal(s), jnp.float32) for i, s in enumerate(shapes)
+  }
+  grads = jax.tree.map(lambda p: jnp.float32(1e-2) * jnp.cos(p), params)
+  return [
+    _step_shape_runner(shape, api, fused, params, grads)
+    for shape in STEP_SHAPES
+    for api in (TWO_LINES, UPDATE_AND_APPLY)
+    for fused in (False, True)
+  ]
+
+
+def step_shape_table(name: str, shapes: list[tuple[int, ...]], runners: list[Runner]) -> str:
+  """fused=True's speed over fused=False's: the median over rounds of the paired ratio."""
+  num_params = sum(math.prod(s) for s in shapes)
+  by_name = {r.name: r for r in runners}
+  lines = [
+    f"### fused=True vs fused=False, {name}: {len(shapes)} arrays, {num_params:,} params",
+    "",
+    "| step shape | step written with | fused=False | fused=True | fused=True speed-up (paired) |",
+    "|---|---|---:|---:|---:|",
+  ]
+  for label in STEP_SHAPES.values():
+    for api in (TWO_LINES, UPDATE_AND_APPLY):
+      off, on = (by_name[f"{label}, {api}, fused={fused}"] for fused in (False, True))
+      ratio = statistics.median(a / b for a, b in zip(off.samples, on.samples, strict=True))
+      lines.append(
+        f"| {label} | {api} | {_fmt_time(statistics.median(off.samples))} "
+        f"| {_fmt_time(statistics.median(on.samples))} | {ratio:.2f}x |"
+      )
+  return "\n".join(lines)
+
+
+def step_shape_regimes(quick: bool) -> list[tuple[str, list[tuple[int, ...]]]]:
+  """The trees of the step-shape tables: one large array and the transformer."""
+  if quick:
+    return [("1 x 4M", [(4 << 20,)]), ("transformer 3 layers", transformer_shapes(3, 128, 1024))]
+  return [("1 x 32M", [(32 << 20,)]), ("transformer", transformer_shapes(10, 256, 4096))]
+
+
 def measure(runners: list[Runner], budget_s: float, min_sample_s: float) -> None:
   """Interleaved rounds until about ``budget_s`` is spent; fills ``samples``."""
   for runner in runners:
-    runner.step()
-    start = time.perf_counter()
-    runner.step()
-    first = time.perf_counter() - start
-    runner.repeats = max(1, math.ceil(min_sample_s / max(first, 1e-7)))
-  round_s = sum(r.repeats * _estimate(r) for r in runners)
+    runner.timed()
+    runner.repeats = max(1, math.ceil(min_sample_s / max(runner.timed(), 1e-7)))
+  round_s = sum(r.repeats * r.timed() for r in runners)
   rounds = int(min(100, max(9, budget_s / max(round_s, 1e-9))))
   for index in range(rounds):
     shift = index % len(runners)
     for runner in runners[shift:] + runners[:shift]:
-      start = time.perf_counter()
-      for _ in range(runner.repeats):
-        runner.step()
-      runner.samples.append((time.perf_counter() - start) / runner.repeats)
-
-
-def _estimate(runner: Runner) -> float:
-  start = time.perf_counter()
-  runner.step()
-  return time.perf_counter() - start
+      total = sum(runner.timed() for _ in range(runner.repeats))
+      runner.samples.append(total / runner.repeats)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -391,16 +501,15 @@ def memory_table(num_params: int) -> str:
   return "\n".join(lines)
 
 
-def write_results(text: str) -> None:
-  """Replaces the generated block of RESULTS.md (or creates the file)."""
-  block = f"{BEGIN}\n{text}\n{END}"
-  if RESULTS.exists():
-    old = RESULTS.read_text()
-    if BEGIN in old and END in old:
-      head, rest = old.split(BEGIN, 1)
-      RESULTS.write_text(head + block + rest.split(END, 1)[1])
-      return
-  RESULTS.write_text(f"# Benchmark results\n\n{block}\n")
+def write_results(text: str, begin: str = BEGIN, end: str = END) -> None:
+  """Replaces the block between ``begin`` and ``end`` in RESULTS.md (or appends it)."""
+  block = f"{begin}\n{text}\n{end}"
+  old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+  if begin in old and end in old:
+    head, rest = old.split(begin, 1)
+    RESULTS.write_text(head + block + rest.split(end, 1)[1])
+  else:
+    RESULTS.write_text(f"{old.rstrip()}\n\n{block}\n")
 
 
 def main() -> None:
@@ -408,6 +517,9 @@ def main() -> None:
   parser.add_argument("--quick", action="store_true", help="smaller trees, under a minute")
   parser.add_argument("--only", default="", help="run the regimes whose name contains this")
   parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+  parser.add_argument(
+    "--step-shapes", action="store_true", help="only the fused=True vs fused=False tables"
+  )
   parser.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
   parser.add_argument("--params", type=int, default=0, help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -415,8 +527,20 @@ def main() -> None:
     print(json.dumps(memory_child(args.memory_child, args.params)))
     return
   budget_s, min_sample_s = (1.0, 1e-3) if args.quick else (10.0, 2e-3)
+  write = not (args.quick or args.no_write or args.only)
+  shape_sections = [f"Machine: {machine()}", ""]
+  print(shape_sections[0], flush=True)
+  for name, shapes in step_shape_regimes(args.quick):
+    runners = step_shape_runners(shapes)
+    measure(runners, budget_s, min_sample_s)
+    shape_sections += [step_shape_table(name, shapes, runners), ""]
+    print("\n" + shape_sections[-2], flush=True)
+    del runners
+  if write:
+    write_results("\n".join(shape_sections), SHAPES_BEGIN, SHAPES_END)
+  if args.step_shapes:
+    return
   sections = [f"Machine: {machine()}", ""]
-  print(sections[0], flush=True)
   for name, shapes in regimes(args.quick):
     if args.only not in name:
       continue
@@ -428,7 +552,7 @@ def main() -> None:
   if not args.only:
     sections.append(memory_table((4 if args.quick else 32) << 20))
     print("\n" + sections[-1], flush=True)
-  if not (args.quick or args.no_write or args.only):
+  if write:
     write_results("\n".join(sections))
 
 

@@ -53,7 +53,7 @@ namespace {
 
 // Bumped whenever the operands, attributes, scalars or arithmetic change; the
 // Python loader refuses a library built from another version of this file.
-constexpr int32_t kAbiVersion = 2;
+constexpr int32_t kAbiVersion = 3;
 
 // Bits of the "mode" attribute (adam_optax/_fused.py writes them).
 constexpr int64_t kNesterov = 1 << 0;   // numerator weight_mu * m + weight_g * g
@@ -62,7 +62,12 @@ constexpr int64_t kInside = 1 << 2;     // second moment divided by c_2(t) first
 constexpr int64_t kInfinity = 1 << 3;   // AdaMax: v = max(b2 v, |g| + eps), no root
 constexpr int64_t kApply = 1 << 4;      // write p + u over p instead of u
 constexpr int64_t kHasParams = 1 << 5;  // a p operand follows each leaf's state
-constexpr int64_t kKnownModes = (1 << 6) - 1;
+// The learning rate (weight decay rate) is the constant 1 in XLA's program:
+// XLA then drops the multiply by it and fuses the product before it into the
+// add after it instead (see StageB).
+constexpr int64_t kUnitLr = 1 << 6;
+constexpr int64_t kUnitDecay = 1 << 7;
+constexpr int64_t kKnownModes = (1 << 8) - 1;
 
 // Bits of the per-leaf "leaf_flags" attribute.
 constexpr int64_t kDecay = 1 << 0;  // add weight_decay * p (AdamW; mask true)
@@ -279,8 +284,11 @@ __attribute__((always_inline)) inline void StageA(int64_t n, const C* __restrict
 // map; with kApp the new params p + out are written over p instead. With U the
 // compute type nothing is rounded in between, so XLA's loop holds the products
 // in registers and fuses them into the adds (see MulAdd); otherwise each map's
-// result goes through U and only rate * p can be fused.
-template <typename C, typename U, bool kFma, bool kDec, bool kApp>
+// result goes through U and only rate * p can be fused. Where the rate (kUnit)
+// or the learning rate (kUnitLr) is the constant 1, XLA's program has no
+// multiply by it, and the product before it is fused into the add instead:
+// p + r * factor and, without decay, p - r * factor.
+template <typename C, typename U, bool kFma, bool kDec, bool kApp, bool kUnit, bool kUnitLr>
 __attribute__((always_inline)) inline void StageB(int64_t n, const C* __restrict r,
                                                   C* __restrict p, C* __restrict out,
                                                   const C* s) {
@@ -288,8 +296,16 @@ __attribute__((always_inline)) inline void StageB(int64_t n, const C* __restrict
   for (int64_t i = 0; i < n; ++i) {
     C u;
     if constexpr (std::is_same_v<U, C>) {
-      u = kDec ? MulAdd<kFma>(rate, p[i], r[i] * factor) : r[i] * factor;
-      if constexpr (kApp) {
+      if constexpr (kDec && kUnit) {
+        u = MulAdd<kFma>(r[i], factor, p[i]);
+      } else if constexpr (kDec) {
+        u = MulAdd<kFma>(rate, p[i], r[i] * factor);
+      } else {
+        u = r[i] * factor;
+      }
+      if constexpr (kApp && kUnitLr && !kDec) {
+        p[i] = MulAdd<kFma>(-r[i], factor, p[i]);
+      } else if constexpr (kApp) {
         p[i] = MulAdd<kFma>(u, neg_lr, p[i]);
       } else {
         out[i] = u * neg_lr;
@@ -342,15 +358,26 @@ __attribute__((always_inline)) inline void DispatchA(int64_t mode, int64_t n, co
 #undef ADAM_OPTAX_CASE_A
 }
 
+template <typename C, typename U, bool kFma, bool kDec, bool kApp>
+__attribute__((always_inline)) inline void DispatchUnit(int64_t mode, int64_t n, const C* r,
+                                                        C* p, C* out, const C* s) {
+  const bool unit = mode & kUnitDecay, unit_lr = mode & kUnitLr;
+  if (unit && unit_lr) return StageB<C, U, kFma, kDec, kApp, true, true>(n, r, p, out, s);
+  if (unit) return StageB<C, U, kFma, kDec, kApp, true, false>(n, r, p, out, s);
+  if (unit_lr) return StageB<C, U, kFma, kDec, kApp, false, true>(n, r, p, out, s);
+  return StageB<C, U, kFma, kDec, kApp, false, false>(n, r, p, out, s);
+}
+
 template <typename C, typename U, bool kFma>
-__attribute__((always_inline)) inline void DispatchB(bool decay, bool apply, int64_t n,
-                                                     const C* r, C* p, C* out, const C* s) {
+__attribute__((always_inline)) inline void DispatchB(bool decay, bool apply, int64_t mode,
+                                                     int64_t n, const C* r, C* p, C* out,
+                                                     const C* s) {
   if (decay) {
-    if (apply) return StageB<C, U, kFma, true, true>(n, r, p, out, s);
-    return StageB<C, U, kFma, true, false>(n, r, p, out, s);
+    if (apply) return DispatchUnit<C, U, kFma, true, true>(mode, n, r, p, out, s);
+    return DispatchUnit<C, U, kFma, true, false>(mode, n, r, p, out, s);
   }
-  if (apply) return StageB<C, U, kFma, false, true>(n, r, p, out, s);
-  return StageB<C, U, kFma, false, false>(n, r, p, out, s);
+  if (apply) return DispatchUnit<C, U, kFma, false, true>(mode, n, r, p, out, s);
+  return DispatchUnit<C, U, kFma, false, false>(mode, n, r, p, out, s);
 }
 
 // Elements [begin, end) of one leaf, a block at a time.
@@ -377,16 +404,16 @@ __attribute__((always_inline)) inline void ProcessLeafT(const Leaf& leaf, const 
     if constexpr (std::is_same_v<C, float>) {
       switch (leaf.tout) {
         case ffi::DataType::BF16:
-          DispatchB<C, Bf16, kFma>(decay, apply, n, r, p, out, s);
+          DispatchB<C, Bf16, kFma>(decay, apply, mode, n, r, p, out, s);
           break;
         case ffi::DataType::F16:
-          DispatchB<C, F16, kFma>(decay, apply, n, r, p, out, s);
+          DispatchB<C, F16, kFma>(decay, apply, mode, n, r, p, out, s);
           break;
         default:
-          DispatchB<C, C, kFma>(decay, apply, n, r, p, out, s);
+          DispatchB<C, C, kFma>(decay, apply, mode, n, r, p, out, s);
       }
     } else {
-      DispatchB<C, C, kFma>(decay, apply, n, r, p, out, s);
+      DispatchB<C, C, kFma>(decay, apply, mode, n, r, p, out, s);
     }
     Store<C>(leaf.out, leaf.tout, offset, n, out);
   }

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import adam_optax
+
 
 def algorithm1(
   grads: Sequence[np.ndarray],
@@ -160,9 +162,8 @@ def run_optax(
   params = jax.tree.map(jnp.asarray, params)
   state = optimizer.init(params)
 
-  def step(params, state, grad):
-    updates, state = optimizer.update(grad, state, params)
-    return optax.apply_updates(params, updates), state
+  def step(params, state, grad):  # update, then apply_updates (the fused kernel where fused)
+    return adam_optax.update_and_apply(optimizer, grad, state, params)
 
   if jit:
     step = jax.jit(step)
