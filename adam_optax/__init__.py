@@ -5,6 +5,9 @@ pure ``init(params) -> state`` and ``update(grads, state, params) -> (updates,
 state)``; optimizers are ``optax.chain``s of the building blocks below.
 """
 
+from adam_optax._adopt import ScaleByAdoptState as ScaleByAdoptState
+from adam_optax._adopt import adopt as adopt
+from adam_optax._adopt import scale_by_adopt as scale_by_adopt
 from adam_optax._alias import adam as adam
 from adam_optax._bias_correction import BiasCorrectionState as BiasCorrectionState
 from adam_optax._bias_correction import bias_correction as bias_correction
@@ -51,6 +54,7 @@ __all__ = [
   "KahanSummationState",
   "QuantizedArray",
   "QuantizedState",
+  "ScaleByAdoptState",
   "ScaleByLrState",
   "ScaleByMomentsState",
   "SkipNonfiniteState",
@@ -60,6 +64,7 @@ __all__ = [
   "adamax",
   "adamw",
   "add_decayed_weights",
+  "adopt",
   "amsgrad",
   "bias_correction",
   "bucket",
@@ -70,6 +75,7 @@ __all__ = [
   "nonfinite_report",
   "quantized",
   "restore_target",
+  "scale_by_adopt",
   "scale_by_lr",
   "scale_by_moments",
   "sharded_train_step",

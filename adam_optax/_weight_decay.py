@@ -94,6 +94,20 @@ def decayed_weights(
   return decay_transform(owner, weight_decay, mask, decay_tree)
 
 
+def decay_blocks(
+  owner: str, weight_decay: optax.ScalarOrSchedule, mask: Any
+) -> list[optax.GradientTransformation]:
+  """``[add_decayed_weights(weight_decay, mask)]``, or ``[]`` for a constant decay of 0.
+
+  A zero decay adds no block, so the chain (and its state) is the plain one;
+  a schedule or a traced decay always gets its block.
+  """
+  weight_decay = check_rate(owner, "weight_decay", weight_decay)
+  if isinstance(weight_decay, (int, float)) and weight_decay == 0.0:
+    return []
+  return [decayed_weights(owner, weight_decay, mask)]
+
+
 def decay_transform(
   owner: str,
   weight_decay: optax.ScalarOrSchedule,
