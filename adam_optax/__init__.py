@@ -35,6 +35,8 @@ from adam_optax._moments import scale_by_moments as scale_by_moments
 from adam_optax._quantize import QuantizedArray as QuantizedArray
 from adam_optax._quantized import QuantizedState as QuantizedState
 from adam_optax._quantized import quantized as quantized
+from adam_optax._radam import radam as radam
+from adam_optax._radam import scale_by_radam as scale_by_radam
 from adam_optax._sharding import StateMemory as StateMemory
 from adam_optax._sharding import init_sharded as init_sharded
 from adam_optax._sharding import sharded_train_step as sharded_train_step
@@ -74,10 +76,12 @@ __all__ = [
   "nadamw",
   "nonfinite_report",
   "quantized",
+  "radam",
   "restore_target",
   "scale_by_adopt",
   "scale_by_lr",
   "scale_by_moments",
+  "scale_by_radam",
   "sharded_train_step",
   "skip_nonfinite",
   "state_from_optax",
