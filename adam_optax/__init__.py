@@ -5,6 +5,9 @@ pure ``init(params) -> state`` and ``update(grads, state, params) -> (updates,
 state)``; optimizers are ``optax.chain``s of the building blocks below.
 """
 
+from adam_optax._adabelief import ScaleByBeliefState as ScaleByBeliefState
+from adam_optax._adabelief import adabelief as adabelief
+from adam_optax._adabelief import scale_by_belief as scale_by_belief
 from adam_optax._adopt import ScaleByAdoptState as ScaleByAdoptState
 from adam_optax._adopt import adopt as adopt
 from adam_optax._adopt import scale_by_adopt as scale_by_adopt
@@ -57,11 +60,13 @@ __all__ = [
   "QuantizedArray",
   "QuantizedState",
   "ScaleByAdoptState",
+  "ScaleByBeliefState",
   "ScaleByLrState",
   "ScaleByMomentsState",
   "SkipNonfiniteState",
   "StateMemory",
   "StochasticRoundingState",
+  "adabelief",
   "adam",
   "adamax",
   "adamw",
@@ -79,6 +84,7 @@ __all__ = [
   "radam",
   "restore_target",
   "scale_by_adopt",
+  "scale_by_belief",
   "scale_by_lr",
   "scale_by_moments",
   "scale_by_radam",

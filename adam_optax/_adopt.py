@@ -7,7 +7,6 @@ r"""ADOPT (Taniguchi et al., 2024): normalise by the previous second moment, the
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -17,11 +16,9 @@ import numpy as np
 import optax
 
 from adam_optax import _numerics as num
+from adam_optax._elementwise import Moment, check_in_dtypes, moment_transform
 from adam_optax._learning_rate import scale_by_lr
-from adam_optax._moments import check_state_dtypes, zero_moment
-from adam_optax._trees import check_fits_state, check_inexact_leaves, check_state_type, colocate
 from adam_optax._validation import (
-  check_in_dtype,
   check_moment_hyperparameters,
   check_nonnegative,
   check_rate,
@@ -140,58 +137,27 @@ def _adopt_moments(
         "step t returning the clipping bound, such as lambda t: t ** 0.25"
       ) from None
 
-  def init_fn(params: optax.Params) -> ScaleByAdoptState:
-    check_inexact_leaves(f"{owner}.init", params, "param")
-    mu = zero_moment(params, mu_dtype, real=False)
-    nu = zero_moment(params, nu_dtype, real=True)
-    return colocate(ScaleByAdoptState(count=num.zero_count(), mu=mu, nu=nu), params)
-
   def scalars(count: jax.Array, dtype: np.dtype) -> tuple[jax.Array, ...]:
     real = num.real_dtype(dtype)
-    for name, value in (("b1", b1), ("b2", b2)):
-      check_in_dtype(owner, name, value, real, decay=True)
-    check_in_dtype(owner, "eps", eps, real)
+    check_in_dtypes(owner, real, decays={"b1": b1, "b2": b2}, constants={"eps": eps})
     keep1, mix1 = num.uncorrected_decay_weights(b1, dtype)
     keep2, mix2 = num.uncorrected_decay_weights(b2, real)
     if clip is None:
       bound = jnp.full([], jnp.inf, real)
     else:
       bound = num.scalar(clip(count.astype(real)) if callable(clip) else clip, real)
-    return keep1, mix1, keep2, mix2, num.scalar(eps, real), bound
+    return count == 0, keep1, mix1, keep2, mix2, num.scalar(eps, real), bound
 
-  def update_fn(
-    updates: optax.Updates, state: ScaleByAdoptState, params: optax.Params | None = None
-  ) -> tuple[optax.Updates, ScaleByAdoptState]:
-    check_state_type(owner, state, ScaleByAdoptState)
-    check_fits_state(owner, updates, state.mu, params)
-    if params is not None:
-      check_state_dtypes(owner, state, params, mu_dtype, nu_dtype)
-    first = state.count == 0
-    step_scalars = functools.cache(functools.partial(scalars, state.count))
+  def leaf(k: tuple[jax.Array, ...], g: jax.Array, mu: jax.Array, nu: jax.Array):
+    first, keep1, mix1, keep2, mix2, floor, bound = k
+    square = num.squared_magnitude(g)
+    normed = clip_parts(num.safe_ratio(g, jnp.maximum(jnp.sqrt(nu), floor)), bound)
+    new_mu = jnp.where(first, mu, keep1 * mu + mix1 * normed)
+    new_nu = jnp.where(first, square, keep2 * nu + mix2 * square)
+    return jnp.where(first, jnp.zeros([], g.dtype), new_mu), new_mu, new_nu
 
-    def leaf(grad: Any, mu: jax.Array, nu: jax.Array) -> tuple[jax.Array, ...]:
-      grad = jnp.asarray(grad)
-      dtype = num.compute_dtype(grad.dtype)
-      real = num.real_dtype(dtype)
-      keep1, mix1, keep2, mix2, floor, bound = step_scalars(dtype)
-      g = grad.astype(dtype)
-      square = num.squared_magnitude(g)
-      previous = nu.astype(real)
-      normed = clip_parts(num.safe_ratio(g, jnp.maximum(jnp.sqrt(previous), floor)), bound)
-      new_mu = jnp.where(first, mu.astype(dtype), keep1 * mu.astype(dtype) + mix1 * normed)
-      new_nu = jnp.where(first, square, keep2 * previous + mix2 * square)
-      step = jnp.where(first, jnp.zeros([], dtype), new_mu)
-      return step.astype(grad.dtype), new_mu.astype(mu.dtype), new_nu.astype(nu.dtype)
-
-    out = jax.tree.map(leaf, updates, state.mu, state.nu)
-
-    def column(index: int) -> optax.Updates:
-      return jax.tree.map(lambda _, results: results[index], updates, out)
-
-    count = num.saturating_increment(state.count)
-    return column(0), ScaleByAdoptState(count=count, mu=column(1), nu=column(2))
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  moments = (Moment("mu", mu_dtype, real=False), Moment("nu", nu_dtype, real=True))
+  return moment_transform(owner, ScaleByAdoptState, moments, scalars, leaf)
 
 
 def clip_parts(x: jax.Array, bound: jax.Array) -> jax.Array:

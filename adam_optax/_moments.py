@@ -371,7 +371,7 @@ def check_update(
   _check_state(_OWNER, state, amsgrad=options.leaf.amsgrad)
   check_fits_state(_OWNER, updates, state.mu, params)
   if params is not None:
-    check_state_dtypes(_OWNER, state, params, options.mu_dtype, options.nu_dtype)
+    _check_state_dtypes(_OWNER, state, params, options.mu_dtype, options.nu_dtype)
 
 
 def step_scalars(options: MomentOptions, count: jax.Array, dtype: np.dtype) -> _StepScalars:
@@ -455,8 +455,8 @@ def _cast(x: jax.Array, dtype: Any, slot: int) -> jax.Array:
   return x.astype(dtype)
 
 
-def check_state_dtypes(
-  owner: str, state: Any, params: optax.Params, mu_dtype: Any, nu_dtype: Any
+def _check_state_dtypes(
+  owner: str, state: ScaleByMomentsState, params: optax.Params, mu_dtype: Any, nu_dtype: Any
 ) -> None:
   """Raises if the state's moments are not in the dtypes this optimizer's init would choose.
 

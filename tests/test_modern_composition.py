@@ -22,6 +22,7 @@ import adam_optax
 MEMBERS = {
   "adopt": adam_optax.adopt,
   "radam": adam_optax.radam,
+  "adabelief": adam_optax.adabelief,
 }
 PARAMS = {"w": jnp.linspace(-1.0, 1.0, 16).reshape(8, 2), "b": jnp.linspace(0.5, -0.5, 8)}
 

@@ -21,20 +21,16 @@ import adam_optax
 from adam_optax._radam import sma_length
 from tests.modern_references import (
   PROBLEMS,
-  STEPS,
+  assert_no_further_than_reference,
   one_minus_power,
   run_ours,
   run_paper,
   run_torch,
+  schedule,
 )
 from tests.references import normwise_error
 
 LR, B1, B2, EPS = 1e-2, 0.9, 0.999, 1e-8
-
-
-def SCHEDULE(count):  # noqa: N802  (a constant of the module, written as a function)
-  """A linear decay 3e-2 -> 1e-3, exact in float64 (optax's schedules compute in float32)."""
-  return 3e-2 - 2.9e-2 * count / STEPS
 
 
 def exact_rho(b2: float, t: int) -> tuple[float, float]:
@@ -71,7 +67,7 @@ def torch_radam(lr=LR, **options):
 
 
 def set_lr(optimizer, t):
-  optimizer.param_groups[0]["lr"] = SCHEDULE(t)
+  optimizer.param_groups[0]["lr"] = schedule(t)
 
 
 @pytest.mark.parametrize(
@@ -95,7 +91,7 @@ def test_matches_torch(problem, weight_decay, decoupled):
 def test_matches_torch_with_a_schedule():
   grad = PROBLEMS["mlp"]
   options = {"weight_decay": 0.1, "decoupled_weight_decay": True}
-  ours = run_ours(adam_optax.radam(SCHEDULE, **options), grad, np.float32)
+  ours = run_ours(adam_optax.radam(schedule, **options), grad, np.float32)
   theirs = run_torch(torch_radam(**options), grad, np.float32, before_step=set_lr)
   assert normwise_error(ours, theirs) < 1e-5
 
@@ -106,7 +102,7 @@ def test_matches_torch_with_a_schedule():
     ("quadratic", {}),
     ("mlp", {"weight_decay": 0.1}),
     ("ill_scaled", {}),
-    ("mlp", {"weight_decay": 0.1, "decoupled": True, "lr": SCHEDULE}),
+    ("mlp", {"weight_decay": 0.1, "decoupled": True, "lr": schedule}),
     ("quadratic", {"b2": 0.9999, "eps": 1e-3}),
     ("ill_scaled", {"threshold": 4.0, "b2": 0.99}),
   ],
@@ -135,9 +131,7 @@ def test_closer_to_the_paper_than_optax_which_loses_rho_t_in_float32(problem):
   grad = PROBLEMS[problem]
   ours = run_ours(adam_optax.radam(LR, eps=0.0), grad, np.float32)
   theirs = run_ours(optax.radam(LR, eps=0.0), grad, np.float32)
-  exact = run_paper(paper(LR, eps=0.0), grad)
-  assert normwise_error(ours, exact) < 1e-5
-  assert normwise_error(ours, theirs) < normwise_error(theirs, exact) + 1e-5
+  assert_no_further_than_reference(ours, theirs, run_paper(paper(LR, eps=0.0), grad))
 
 
 def test_eps_sits_on_sqrt_v_as_in_torch_not_on_sqrt_v_hat_as_in_optax():
