@@ -31,6 +31,9 @@ from adam_optax._from_torch import state_to_torch as state_to_torch
 from adam_optax._fused import update_and_apply as update_and_apply
 from adam_optax._kahan import KahanSummationState as KahanSummationState
 from adam_optax._kahan import kahan_summation as kahan_summation
+from adam_optax._laprop import ScaleByLapropState as ScaleByLapropState
+from adam_optax._laprop import laprop as laprop
+from adam_optax._laprop import scale_by_laprop as scale_by_laprop
 from adam_optax._learning_rate import ScaleByLrState as ScaleByLrState
 from adam_optax._learning_rate import scale_by_lr as scale_by_lr
 from adam_optax._moments import ScaleByMomentsState as ScaleByMomentsState
@@ -61,6 +64,7 @@ __all__ = [
   "QuantizedState",
   "ScaleByAdoptState",
   "ScaleByBeliefState",
+  "ScaleByLapropState",
   "ScaleByLrState",
   "ScaleByMomentsState",
   "SkipNonfiniteState",
@@ -77,6 +81,7 @@ __all__ = [
   "bucket",
   "init_sharded",
   "kahan_summation",
+  "laprop",
   "nadam",
   "nadamw",
   "nonfinite_report",
@@ -85,6 +90,7 @@ __all__ = [
   "restore_target",
   "scale_by_adopt",
   "scale_by_belief",
+  "scale_by_laprop",
   "scale_by_lr",
   "scale_by_moments",
   "scale_by_radam",

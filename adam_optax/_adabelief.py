@@ -104,7 +104,8 @@ def _belief_moments(
     owner, b1, b2, eps, eps_root, mu_dtype, nu_dtype
   )
 
-  def scalars(count: jax.Array, dtype: np.dtype) -> tuple[jax.Array, ...]:
+  def scalars(state: Any, dtype: np.dtype) -> tuple[jax.Array, ...]:
+    count = state.count
     real = num.real_dtype(dtype)
     constants = {"eps": eps, "eps_root": eps_root}
     check_in_dtypes(owner, real, decays={"b1": b1, "b2": b2}, constants=constants)

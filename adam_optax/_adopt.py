@@ -137,7 +137,8 @@ def _adopt_moments(
         "step t returning the clipping bound, such as lambda t: t ** 0.25"
       ) from None
 
-  def scalars(count: jax.Array, dtype: np.dtype) -> tuple[jax.Array, ...]:
+  def scalars(state: Any, dtype: np.dtype) -> tuple[jax.Array, ...]:
+    count = state.count
     real = num.real_dtype(dtype)
     check_in_dtypes(owner, real, decays={"b1": b1, "b2": b2}, constants={"eps": eps})
     keep1, mix1 = num.uncorrected_decay_weights(b1, dtype)

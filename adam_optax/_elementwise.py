@@ -48,8 +48,10 @@ class Moment(NamedTuple):
   real: bool
 
 
-# scalars(count before this step, compute dtype) -> whatever the leaf function needs
-Scalars = Callable[[jax.Array, np.dtype], Any]
+# scalars(state before this step, compute dtype) -> whatever the leaf function needs
+Scalars = Callable[[Any, np.dtype], Any]
+# the state's scalar fields besides count: name -> (initial value, next value from the old state)
+ScalarFields = dict[str, tuple[Callable[[], jax.Array], Callable[[Any], jax.Array]]]
 # leaf(scalars, grad in the compute dtype, *moments in the compute dtype) -> (update, *moments)
 Leaf = Callable[..., tuple[jax.Array, ...]]
 
@@ -60,17 +62,22 @@ def moment_transform(
   moments: Sequence[Moment],
   scalars: Scalars,
   leaf: Leaf,
+  scalar_fields: ScalarFields | None = None,
 ) -> optax.GradientTransformation:
-  """An elementwise transform with state ``state_type(count, *moments)``.
+  """An elementwise transform with state ``state_type(count, *moments, *scalar_fields)``.
 
   ``leaf`` receives the gradient and the moments in the leaf's compute dtype
   (float32 for half precision; real moments in its real dtype) and returns
   the update and the new moments, which are stored back in their dtypes.
+  ``scalar_fields`` are further scalars of the state (a running weight), each
+  made by its initial function and advanced from the old state.
   """
+  scalar_fields = scalar_fields or {}
 
   def init_fn(params: optax.Params) -> Any:
     check_inexact_leaves(f"{owner}.init", params, "param")
     fields = {m.name: zero_moment(params, m.requested, real=m.real) for m in moments}
+    fields |= {name: initial() for name, (initial, _) in scalar_fields.items()}
     return colocate(state_type(count=num.zero_count(), **fields), params)
 
   def update_fn(
@@ -81,7 +88,7 @@ def moment_transform(
     check_fits_state(owner, updates, held[0], params)
     if params is not None:
       _check_dtypes(owner, moments, held, params)
-    step_scalars = functools.cache(functools.partial(scalars, state.count))
+    step_scalars = functools.cache(functools.partial(scalars, state))
 
     def one_leaf(grad: Any, *stored: jax.Array) -> tuple[jax.Array, ...]:
       grad = jnp.asarray(grad)
@@ -102,6 +109,7 @@ def moment_transform(
       return jax.tree.map(lambda _, r: r[index], updates, results)
 
     fields = {m.name: column(i + 1) for i, m in enumerate(moments)}
+    fields |= {name: advance(state) for name, (_, advance) in scalar_fields.items()}
     count = num.saturating_increment(state.count)
     return column(0), state_type(count=count, **fields)
 
