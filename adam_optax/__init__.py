@@ -8,6 +8,9 @@ state)``; optimizers are ``optax.chain``s of the building blocks below.
 from adam_optax._adabelief import ScaleByBeliefState as ScaleByBeliefState
 from adam_optax._adabelief import adabelief as adabelief
 from adam_optax._adabelief import scale_by_belief as scale_by_belief
+from adam_optax._ademamix import ScaleByAdemamixState as ScaleByAdemamixState
+from adam_optax._ademamix import ademamix as ademamix
+from adam_optax._ademamix import scale_by_ademamix as scale_by_ademamix
 from adam_optax._adopt import ScaleByAdoptState as ScaleByAdoptState
 from adam_optax._adopt import adopt as adopt
 from adam_optax._adopt import scale_by_adopt as scale_by_adopt
@@ -62,6 +65,7 @@ __all__ = [
   "KahanSummationState",
   "QuantizedArray",
   "QuantizedState",
+  "ScaleByAdemamixState",
   "ScaleByAdoptState",
   "ScaleByBeliefState",
   "ScaleByLapropState",
@@ -75,6 +79,7 @@ __all__ = [
   "adamax",
   "adamw",
   "add_decayed_weights",
+  "ademamix",
   "adopt",
   "amsgrad",
   "bias_correction",
@@ -88,6 +93,7 @@ __all__ = [
   "quantized",
   "radam",
   "restore_target",
+  "scale_by_ademamix",
   "scale_by_adopt",
   "scale_by_belief",
   "scale_by_laprop",

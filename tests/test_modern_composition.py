@@ -24,6 +24,7 @@ MEMBERS = {
   "radam": adam_optax.radam,
   "adabelief": adam_optax.adabelief,
   "laprop": adam_optax.laprop,
+  "ademamix": adam_optax.ademamix,
 }
 PARAMS = {"w": jnp.linspace(-1.0, 1.0, 16).reshape(8, 2), "b": jnp.linspace(0.5, -0.5, 8)}
 
