@@ -86,6 +86,27 @@ def assert_no_further_than_reference(
   assert normwise_error(ours, theirs) < normwise_error(theirs, exact) + tolerance
 
 
+def assert_matches_paper(
+  factory: Callable[..., optax.GradientTransformation],
+  paper: Callable[..., Callable],
+  problem: str,
+  options: dict,
+  lr: Any,
+) -> None:
+  """``factory(lr, **options)`` in float64 within 1e-12 of ``paper(lr, **options)``.
+
+  ``options["lr"]``, if present, replaces ``lr`` (a schedule). Run under x64.
+  """
+  options = dict(options)
+  lr = options.pop("lr", lr)
+  grad = PROBLEMS[problem]
+  ours = run_ours(factory(lr, **options), grad, np.float64)
+  assert ours.dtype == np.float64
+  from tests.references import normwise_error
+
+  assert normwise_error(ours, run_paper(paper(lr, **options), grad)) < 1e-12
+
+
 def start(dtype: Any) -> np.ndarray:
   """The common starting point: a ramp, so that a weight decay acts from step 1."""
   return np.linspace(-0.5, 0.5, SIZE).astype(dtype)

@@ -14,6 +14,7 @@ import pytorch_optimizer
 import adam_optax
 from tests.modern_references import (
   PROBLEMS,
+  assert_matches_paper,
   assert_no_further_than_reference,
   one_minus_power,
   run_ours,
@@ -95,12 +96,7 @@ def test_matches_optax(problem):
   ids=["quadratic", "mlp-decay", "ill_scaled", "eps-dominates", "schedule"],
 )
 def test_matches_the_paper_in_float64(x64, problem, options):
-  options = dict(options)
-  lr = options.pop("lr", LR)
-  grad = PROBLEMS[problem]
-  ours = run_ours(adam_optax.adabelief(lr, **options), grad, np.float64)
-  assert ours.dtype == np.float64
-  assert normwise_error(ours, run_paper(paper(lr, **options), grad)) < 1e-12
+  assert_matches_paper(adam_optax.adabelief, paper, problem, options, LR)
 
 
 def test_second_moment_is_the_deviation_not_the_square():

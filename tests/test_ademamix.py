@@ -15,9 +15,9 @@ import pytorch_optimizer
 import adam_optax
 from tests.modern_references import (
   PROBLEMS,
+  assert_matches_paper,
   one_minus_power,
   run_ours,
-  run_paper,
   run_torch,
   schedule,
 )
@@ -107,12 +107,7 @@ def test_matches_pytorch_optimizer_with_a_schedule():
   ids=["quadratic", "mlp-warmups", "ill_scaled-b3-warmup", "eps-dominates", "schedule"],
 )
 def test_matches_the_paper_in_float64(x64, problem, options):
-  options = dict(options)
-  lr = options.pop("lr", LR)
-  grad = PROBLEMS[problem]
-  ours = run_ours(adam_optax.ademamix(lr, **options), grad, np.float64)
-  assert ours.dtype == np.float64
-  assert normwise_error(ours, run_paper(paper(lr, **options), grad)) < 1e-12
+  assert_matches_paper(adam_optax.ademamix, paper, problem, options, LR)
 
 
 def test_alpha_zero_is_adam():

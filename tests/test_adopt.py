@@ -16,6 +16,7 @@ from optax import contrib
 import adam_optax
 from tests.modern_references import (
   PROBLEMS,
+  assert_matches_paper,
   assert_no_further_than_reference,
   load_example,
   run_ours,
@@ -123,12 +124,7 @@ def test_matches_optax_contrib(problem):
   ids=["quadratic", "mlp", "ill_scaled", "mlp-decay", "ill_scaled-unclipped", "schedule"],
 )
 def test_matches_the_paper_in_float64(x64, problem, options):
-  options = dict(options)
-  lr = options.pop("lr", LR)
-  grad = PROBLEMS[problem]
-  ours = run_ours(adam_optax.adopt(lr, **options), grad, np.float64)
-  assert ours.dtype == np.float64
-  assert normwise_error(ours, run_paper(paper(lr, **options), grad)) < 1e-12
+  assert_matches_paper(adam_optax.adopt, paper, problem, options, LR)
 
 
 @pytest.mark.parametrize("b2", [0.1, 0.5, 0.9, 0.99, 0.999, 0.9999])

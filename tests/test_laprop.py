@@ -17,6 +17,7 @@ import pytorch_optimizer
 import adam_optax
 from tests.modern_references import (
   PROBLEMS,
+  assert_matches_paper,
   one_minus_power,
   run_ours,
   run_paper,
@@ -91,12 +92,7 @@ def test_pytorch_optimizers_hidden_eps_changes_small_gradients():
   ids=["quadratic", "mlp-decay", "ill_scaled", "eps-dominates", "schedule", "b1>b2"],
 )
 def test_matches_the_paper_in_float64(x64, problem, options):
-  options = dict(options)
-  lr = options.pop("lr", LR)
-  grad = PROBLEMS[problem]
-  ours = run_ours(adam_optax.laprop(lr, **options), grad, np.float64)
-  assert ours.dtype == np.float64
-  assert normwise_error(ours, run_paper(paper(lr, **options), grad)) < 1e-12
+  assert_matches_paper(adam_optax.laprop, paper, problem, options, LR)
 
 
 def test_step_stays_bounded_for_b1_above_b2_where_adams_does_not():

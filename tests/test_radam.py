@@ -21,6 +21,7 @@ import adam_optax
 from adam_optax._radam import sma_length
 from tests.modern_references import (
   PROBLEMS,
+  assert_matches_paper,
   assert_no_further_than_reference,
   one_minus_power,
   run_ours,
@@ -60,6 +61,11 @@ def paper(lr, b1=B1, b2=B2, eps=EPS, *, weight_decay=0.0, decoupled=False, thres
     return x - rate * r * m_hat * math.sqrt(one_minus_power(b2, t)) / (np.sqrt(v) + eps)
 
   return step
+
+
+def radam_with_flag(lr, decoupled=False, **options):
+  """``radam`` with the float64 evaluation's name for ``decoupled_weight_decay``."""
+  return adam_optax.radam(lr, decoupled_weight_decay=decoupled, **options)
 
 
 def torch_radam(lr=LR, **options):
@@ -109,15 +115,7 @@ def test_matches_torch_with_a_schedule():
   ids=["quadratic", "mlp-l2", "ill_scaled", "decoupled-schedule", "eps-dominates", "paper-4"],
 )
 def test_matches_the_paper_in_float64(x64, problem, options):
-  options = dict(options)
-  lr = options.pop("lr", LR)
-  grad = PROBLEMS[problem]
-  ours_options = dict(options)
-  if "decoupled" in ours_options:
-    ours_options["decoupled_weight_decay"] = ours_options.pop("decoupled")
-  ours = run_ours(adam_optax.radam(lr, **ours_options), grad, np.float64)
-  assert ours.dtype == np.float64
-  assert normwise_error(ours, run_paper(paper(lr, **options), grad)) < 1e-12
+  assert_matches_paper(radam_with_flag, paper, problem, options, LR)
 
 
 @pytest.mark.parametrize("problem", list(PROBLEMS))
