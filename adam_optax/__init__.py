@@ -5,6 +5,9 @@ pure ``init(params) -> state`` and ``update(grads, state, params) -> (updates,
 state)``; optimizers are ``optax.chain``s of the building blocks below.
 """
 
+from adam_optax._adabelief import ScaleByBeliefState as ScaleByBeliefState
+from adam_optax._adabelief import adabelief as adabelief
+from adam_optax._adabelief import scale_by_belief as scale_by_belief
 from adam_optax._adam_atan2 import adam_atan2 as adam_atan2
 from adam_optax._adam_atan2 import scale_by_atan as scale_by_atan
 from adam_optax._adam_mini import Blocks as Blocks
@@ -13,6 +16,12 @@ from adam_optax._adam_mini import adam_mini as adam_mini
 from adam_optax._adam_mini import adam_mini_blocks as adam_mini_blocks
 from adam_optax._adam_mini import blocks_by_shape as blocks_by_shape
 from adam_optax._adam_mini import scale_by_block_moments as scale_by_block_moments
+from adam_optax._ademamix import ScaleByAdemamixState as ScaleByAdemamixState
+from adam_optax._ademamix import ademamix as ademamix
+from adam_optax._ademamix import scale_by_ademamix as scale_by_ademamix
+from adam_optax._adopt import ScaleByAdoptState as ScaleByAdoptState
+from adam_optax._adopt import adopt as adopt
+from adam_optax._adopt import scale_by_adopt as scale_by_adopt
 from adam_optax._alias import adam as adam
 from adam_optax._bias_correction import BiasCorrectionState as BiasCorrectionState
 from adam_optax._bias_correction import bias_correction as bias_correction
@@ -34,6 +43,9 @@ from adam_optax._from_torch import state_to_torch as state_to_torch
 from adam_optax._fused import update_and_apply as update_and_apply
 from adam_optax._kahan import KahanSummationState as KahanSummationState
 from adam_optax._kahan import kahan_summation as kahan_summation
+from adam_optax._laprop import ScaleByLapropState as ScaleByLapropState
+from adam_optax._laprop import laprop as laprop
+from adam_optax._laprop import scale_by_laprop as scale_by_laprop
 from adam_optax._learning_rate import ScaleByLrState as ScaleByLrState
 from adam_optax._learning_rate import scale_by_lr as scale_by_lr
 from adam_optax._mars import ScaleByMarsCorrectionState as ScaleByMarsCorrectionState
@@ -46,6 +58,8 @@ from adam_optax._quantized import describe_quantized as describe_quantized
 from adam_optax._quantized import quantized as quantized
 from adam_optax._quantized_rules import QuantizedDescription as QuantizedDescription
 from adam_optax._quantized_rules import quantized_maps as quantized_maps
+from adam_optax._radam import radam as radam
+from adam_optax._radam import scale_by_radam as scale_by_radam
 from adam_optax._schedule_free import ScheduleFreeAverageState as ScheduleFreeAverageState
 from adam_optax._schedule_free import schedule_free_adamw as schedule_free_adamw
 from adam_optax._schedule_free import schedule_free_average as schedule_free_average
@@ -74,7 +88,11 @@ __all__ = [
   "KahanSummationState",
   "QuantizedDescription",
   "QuantizedState",
+  "ScaleByAdemamixState",
+  "ScaleByAdoptState",
+  "ScaleByBeliefState",
   "ScaleByBlockMomentsState",
+  "ScaleByLapropState",
   "ScaleByLrState",
   "ScaleByMarsCorrectionState",
   "ScaleByMomentsState",
@@ -83,6 +101,7 @@ __all__ = [
   "SkipNonfiniteState",
   "StateMemory",
   "StochasticRoundingState",
+  "adabelief",
   "adam",
   "adam_atan2",
   "adam_mini",
@@ -90,6 +109,8 @@ __all__ = [
   "adamax",
   "adamw",
   "add_decayed_weights",
+  "ademamix",
+  "adopt",
   "amsgrad",
   "bias_correction",
   "blocks_by_shape",
@@ -99,18 +120,25 @@ __all__ = [
   "describe_quantized",
   "init_sharded",
   "kahan_summation",
+  "laprop",
   "mars_adamw",
   "nadam",
   "nadamw",
   "nonfinite_report",
   "quantized",
   "quantized_maps",
+  "radam",
   "restore_target",
+  "scale_by_ademamix",
+  "scale_by_adopt",
   "scale_by_atan",
+  "scale_by_belief",
   "scale_by_block_moments",
+  "scale_by_laprop",
   "scale_by_lr",
   "scale_by_mars_correction",
   "scale_by_moments",
+  "scale_by_radam",
   "scale_by_second_moment",
   "schedule_free_adamw",
   "schedule_free_average",

@@ -26,7 +26,7 @@ from adam_optax._moments import moment_options, step_scalars
 from adam_optax._trees import check_fits_state, check_inexact_leaves, check_state_type, colocate
 from adam_optax._trees import where as path_name
 from adam_optax._validation import check_moment_hyperparameters, check_rate
-from adam_optax._weight_decay import optional_decayed_weights
+from adam_optax._weight_decay import decay_blocks
 
 _OWNER = "scale_by_block_moments"
 
@@ -384,7 +384,7 @@ def adam_mini(
   return optax.chain(
     _block_moments(owner, b1, b2, eps, 0.0, blocks, mu_dtype, nu_dtype),
     bias_correction(b1, b2),
-    *optional_decayed_weights(owner, weight_decay, mask),
+    *decay_blocks(owner, weight_decay, mask),
     scale_by_lr(learning_rate),
   )
 

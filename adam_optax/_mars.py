@@ -21,7 +21,7 @@ from adam_optax._validation import (
   check_nonnegative,
   check_rate,
 )
-from adam_optax._weight_decay import optional_decayed_weights
+from adam_optax._weight_decay import decay_blocks
 
 _OWNER = "scale_by_mars_correction"
 PrevGradInit = Literal["current", "zeros"]
@@ -225,6 +225,6 @@ def mars_adamw(
     scale_by_mars_correction(b1, gamma, prev_grad_init=prev_grad_init),
     scale_by_moments(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
     bias_correction(b1, b2),
-    *optional_decayed_weights(owner, weight_decay, mask),
+    *decay_blocks(owner, weight_decay, mask),
     scale_by_lr(learning_rate),
   )

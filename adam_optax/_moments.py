@@ -263,12 +263,8 @@ def scale_by_moments(
   def init_fn(params: optax.Params) -> ScaleByMomentsState:
     check_inexact_leaves(f"{owner}.init", params, "param")
 
-    def zeros(param: Any, requested: Any, *, real: bool) -> jax.Array:
-      dtype = num.state_dtype(jnp.result_type(param), requested, real=real)
-      return jnp.zeros_like(param, dtype=dtype)  # keeps the param's sharding
-
-    mu = jax.tree.map(lambda p: zeros(p, mu_dtype, real=False), params)
-    nu = jax.tree.map(lambda p: zeros(p, nu_dtype, real=True), params)
+    mu = zero_moment(params, mu_dtype, real=False)
+    nu = zero_moment(params, nu_dtype, real=True)
     nu_max = jax.tree.map(jnp.copy, nu) if amsgrad else None
     state = ScaleByMomentsState(count=num.zero_count(), mu=mu, nu=nu, nu_max=nu_max)
     return colocate(state, params)
@@ -305,6 +301,21 @@ def scale_by_moments(
     return ratio, ScaleByMomentsState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def zero_moment(params: optax.Params, requested: Any, *, real: bool) -> optax.Updates:
+  """A zero moment shaped (and sharded) like ``params``, in the dtype the state keeps it in.
+
+  ``requested`` is the user's ``mu_dtype``/``nu_dtype``; ``real`` marks a second
+  moment (see :func:`adam_optax._numerics.state_dtype`). Every member of the
+  family that keeps parameter-shaped moments makes them here.
+  """
+
+  def zeros(param: Any) -> jax.Array:
+    dtype = num.state_dtype(jnp.result_type(param), requested, real=real)
+    return jnp.zeros_like(param, dtype=dtype)  # keeps the param's sharding
+
+  return jax.tree.map(zeros, params)
 
 
 class LeafOptions(NamedTuple):

@@ -132,6 +132,22 @@ def decay_weights(decay: Any, dtype: Any) -> tuple[jax.Array, jax.Array]:
   return keep, 1 - keep
 
 
+def uncorrected_decay_weights(decay: Any, dtype: Any) -> tuple[jax.Array, jax.Array]:
+  r"""The weights :math:`(\beta, 1 - \beta)` of an EMA that no bias correction follows.
+
+  Without a correction the increment's weight :math:`1 - \beta` is what the
+  algorithm sees: for a concrete ``decay`` it is formed before rounding
+  (``float32(1 - 0.9999)`` is ``1e-4`` to 7 digits, where ``1 -
+  float32(0.9999)`` is 1.66e-5 larger, a drift that grows with every step). A
+  traced ``decay`` (:func:`optax.inject_hyperparams`) arrives rounded, so its
+  weight is formed from the rounded value, as in :func:`decay_weights`.
+  """
+  keep = scalar(decay, dtype)
+  if isinstance(decay, float):
+    return keep, scalar(1.0 - decay, dtype)
+  return keep, 1 - keep
+
+
 def one_minus_power(decay: Any, count: jax.Array, dtype: Any) -> jax.Array:
   r""":math:`1 - \beta^t` in ``dtype``, accurate for every ``t``.
 

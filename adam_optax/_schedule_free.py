@@ -30,7 +30,7 @@ from adam_optax._validation import (
   check_rate,
   concrete_scalar,
 )
-from adam_optax._weight_decay import optional_decayed_weights
+from adam_optax._weight_decay import decay_blocks
 
 _OWNER = "schedule_free_average"
 BiasCorrection = Literal["learning_rate", "second_moment"]
@@ -325,7 +325,7 @@ def schedule_free_adamw(
   ]
   if not in_rate:
     parts.append(bias_correction_block(None, b2))
-  parts += optional_decayed_weights(owner, weight_decay, mask)
+  parts += decay_blocks(owner, weight_decay, mask)
   parts += [
     scale_by_lr(rate),
     schedule_free_average(rate, b1, weight_lr_power),

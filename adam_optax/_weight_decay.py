@@ -94,18 +94,16 @@ def decayed_weights(
   return decay_transform(owner, weight_decay, mask, decay_tree)
 
 
-def optional_decayed_weights(
-  owner: str,
-  weight_decay: optax.ScalarOrSchedule,
-  mask: Any | Callable[[optax.Params], Any] | None,
+def decay_blocks(
+  owner: str, weight_decay: optax.ScalarOrSchedule, mask: Any
 ) -> list[optax.GradientTransformation]:
-  """``[decayed_weights(...)]``, or ``[]`` for a concrete 0 without a mask (no pass over params).
+  """``[add_decayed_weights(weight_decay, mask)]``, or ``[]`` for a constant decay of 0.
 
-  A traced ``weight_decay`` (``inject_hyperparams``) or a schedule keeps the block.
+  A zero decay adds no block, so the chain (and its state) is the plain one;
+  a schedule or a traced decay always gets its block.
   """
   weight_decay = check_rate(owner, "weight_decay", weight_decay)
-  zero = not isinstance(weight_decay, jax.core.Tracer) and not callable(weight_decay)
-  if zero and mask is None and weight_decay == 0:
+  if isinstance(weight_decay, (int, float)) and weight_decay == 0.0:
     return []
   return [decayed_weights(owner, weight_decay, mask)]
 
