@@ -31,7 +31,13 @@ import numpy as np
 import optax
 import optax.contrib
 
+from adam_optax._adabelief import ScaleByBeliefState
+from adam_optax._adam_mini import ScaleByBlockMomentsState
+from adam_optax._ademamix import ScaleByAdemamixState
+from adam_optax._adopt import ScaleByAdoptState
+from adam_optax._laprop import ScaleByLapropState
 from adam_optax._moments import ScaleByMomentsState
+from adam_optax._second_moment import ScaleBySecondMomentState
 
 MAPS = ("signed", "unsigned")
 Rule = Callable[[str, "type | None"], "str | None"]
@@ -59,6 +65,20 @@ QUANTIZED_MAPS = MapRules(
     (ScaleByMomentsState, "mu"): "signed",
     (ScaleByMomentsState, "nu"): "unsigned",
     (ScaleByMomentsState, "nu_max"): "unsigned",
+    # The modern family. Not listed, so kept in full precision: schedule-free's z (a copy of
+    # the params), MARS's previous gradient (its error is amplified by gamma b1 / (1 - b1)),
+    # Adam-mini's per-block nu (not parameter-shaped, and small).
+    (ScaleByAdoptState, "mu"): "signed",
+    (ScaleByAdoptState, "nu"): "unsigned",
+    (ScaleByBeliefState, "mu"): "signed",
+    (ScaleByBeliefState, "nu"): "unsigned",
+    (ScaleByLapropState, "mu"): "signed",
+    (ScaleByLapropState, "nu"): "unsigned",
+    (ScaleByAdemamixState, "mu"): "signed",
+    (ScaleByAdemamixState, "mu_slow"): "signed",
+    (ScaleByAdemamixState, "nu"): "unsigned",
+    (ScaleBySecondMomentState, "nu"): "unsigned",
+    (ScaleByBlockMomentsState, "mu"): "signed",
     (optax.ScaleByAdamState, "mu"): "signed",
     (optax.ScaleByAdamState, "nu"): "unsigned",
     (optax.ScaleByAmsgradState, "mu"): "signed",
