@@ -37,8 +37,12 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# In parallel (pytest-xdist): one worker per core, idle workers take queued tests from
+# busy ones; the 15 slowest tests are listed at the end.
+PYTEST_WORKERS ?= auto
 test: lint kernel
-	$(BIN)/python -m pytest adam_optax tests README.md docs
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal --durations=15 \
+		adam_optax tests README.md docs
 
 # The site, into site/: warnings are errors, and the examples and parity tables
 # are rerun (cached in build/docs-cache until their inputs change).
