@@ -154,6 +154,7 @@ def _sharded_run(name: str, mesh: Any, params: Any, state: Any, first: int, last
   return params, state, shardings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [4, 1])
 def test_a_zero1_state_saved_on_8_devices_restores_onto_fewer(tmp_path: Path, devices: int):
   name = GUARDED
