@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
 KERNEL := adam_optax/_adam_fused_cpu.so
 
-.PHONY: install kernel test lint format docs example examples bench bench-quick bench-half bench-buffers bench-lm bench-lm-quick clean
+.PHONY: install kernel test lint format docs example examples bench bench-quick bench-gpu bench-half bench-buffers bench-lm bench-lm-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,12 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# In parallel (pytest-xdist): one worker per core, idle workers take queued tests from
+# busy ones; the 15 slowest tests are listed at the end.
+PYTEST_WORKERS ?= auto
 test: lint kernel
-	$(BIN)/python -m pytest adam_optax tests README.md docs
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal --durations=15 \
+		adam_optax tests README.md docs
 
 # The site, into site/: warnings are errors, and the examples and parity tables
 # are rerun (cached in build/docs-cache until their inputs change).
@@ -56,6 +60,14 @@ bench: $(STAMP) kernel
 
 bench-quick: $(STAMP) kernel
 	$(BIN)/python benchmarks/run.py --quick
+
+# One step of adam, bucketed adam, quantized 8/4-bit adam and optax.adam on whatever
+# device JAX finds, against that device's own bandwidth (benchmarks/device.py). Needs
+# only jax and optax: it runs the virtualenv's Python if there is one, else python3
+# (as on a machine with an accelerator and its own JAX). BENCH_ARGS=--quick: seconds.
+BENCH_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+bench-gpu:
+	$(BENCH_PYTHON) benchmarks/device.py $(BENCH_ARGS)
 
 bench-half: $(STAMP)
 	$(BIN)/python benchmarks/half_precision.py

@@ -18,7 +18,8 @@ the chain's own: nothing to compare.)
 largest difference over the largest value ("gap").
 
 Run: ``python benchmarks/parity.py`` (from the repository root; ``--fused`` for
-the third table alone).
+the third table alone, ``--no-fused`` for the first two: ``make docs`` runs the
+two halves side by side).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def measure(dtype) -> dict[str, float]:
   return worst
 
 
-def main() -> None:
+def main(fused: bool = True) -> None:
   print(
     "| dtype | adam_optax vs float64 Alg. 1 | vs optax.adam | vs torch.optim.Adam "
     "| optax vs Alg. 1 | torch vs Alg. 1 |"
@@ -97,7 +98,8 @@ def main() -> None:
       f"{w['ours-torch']:.1e} | {w['optax-ref']:.1e} | {w['torch-ref']:.1e} |"
     )
   family_table()
-  fused_table()
+  if fused:
+    fused_table()
 
 
 def family_table() -> None:
@@ -215,4 +217,4 @@ if __name__ == "__main__":
   if sys.argv[1:] == ["--fused"]:
     fused_table()
   else:
-    main()
+    main(fused=sys.argv[1:] != ["--no-fused"])

@@ -169,7 +169,7 @@ def run_optax(
     step = jax.jit(step)
   trajectory = []
   for grad in grads:
-    grad = jax.tree.map(lambda g, p: jnp.asarray(g, p.dtype), grad, params)
+    grad = jax.tree.map(lambda g, p: np.asarray(g, p.dtype), grad, params)  # host: no dispatch
     params, state = step(params, state, grad)
     if isinstance(params, jax.Array):
       trajectory.append(np.asarray(params))

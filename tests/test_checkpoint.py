@@ -7,6 +7,7 @@ dtypes included), in this process, in a fresh one, and across device counts.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -57,6 +58,7 @@ def _assert_close(actual: Any, expected: Any) -> None:
   jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-6, atol=0), actual, expected)
 
 
+@functools.cache  # a pure function of its arguments (no donation): one run per process
 def _uninterrupted(name: str, last: int = STEPS) -> tuple[Any, Any]:
   optimizer = OPTIMIZERS[name]()
   params = initial_params()
@@ -154,6 +156,7 @@ def _sharded_run(name: str, mesh: Any, params: Any, state: Any, first: int, last
   return params, state, shardings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [4, 1])
 def test_a_zero1_state_saved_on_8_devices_restores_onto_fewer(tmp_path: Path, devices: int):
   name = GUARDED

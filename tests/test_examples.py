@@ -58,6 +58,7 @@ def test_amsgrad_counterexample_prints_both_endpoints_and_saves_the_plot(tmp_pat
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_donated_step_aliases_every_output_and_trains():
   out = run_example("donated_step.py")
   aliased = re.search(r"aliases ([\d.]+) KiB of its ([\d.]+) KiB of outputs", out)
@@ -66,6 +67,7 @@ def test_donated_step_aliases_every_output_and_trains():
   assert end < 0.05 * start
 
 
+@pytest.mark.slow
 def test_equinox_from_torch_continues_torchs_run():
   out = run_example("equinox_from_torch.py", "--torch-steps", "100", "--jax-steps", "30")
   losses = {

@@ -166,40 +166,51 @@ def errors(
   name: str, dtype, hyperparameters, scale: float, seed: int = 11, fused: bool = False
 ) -> dict[str, float]:
   """Normwise errors of ours vs the reference, optax and torch (and optax vs reference)."""
+  return errors_of_both(name, dtype, hyperparameters, scale, seed, paths=(fused,))[fused]
+
+
+def errors_of_both(
+  name: str, dtype, hyperparameters, scale: float, seed: int = 11, paths=(False, True)
+) -> dict[bool, dict[str, float]]:
+  """:func:`errors` for each ``fused`` in ``paths``; the references run once for all."""
   variant = VARIANTS[name]
   lr, b1, b2, eps, eps_root = hyperparameters
   if not variant.uses_eps_root:
     hyperparameters = (lr, b1, b2, eps, 0.0)
   grads = family_gradients(seed, dtype, scale)
   params = start(variant, dtype)
-  ours = run_optax(variant.ours(*hyperparameters, fused=fused), grads, params)
-  assert ours.dtype == dtype
   reference_hyperparameters = (lr, *reference_betas(variant, dtype, b1, b2), *hyperparameters[3:])
   reference = variant.reference(grads, params, *reference_hyperparameters)
-  result = {"reference": normwise_error(ours, reference)}
+  others = {}
   if variant.optax is not None:
-    theirs = run_optax(variant.optax(*hyperparameters), grads, params)
-    result["optax"] = normwise_error(ours, theirs)
-    result["optax_vs_reference"] = normwise_error(theirs, reference)
+    others["optax"] = run_optax(variant.optax(*hyperparameters), grads, params)
   if variant.torch is not None and eps_root == 0.0:
-    theirs = run_torch(variant.torch(lr, b1, b2, eps), grads, params)
-    result["torch"] = normwise_error(ours, theirs)
-    result["torch_vs_reference"] = normwise_error(theirs, reference)
-  return result
+    others["torch"] = run_torch(variant.torch(lr, b1, b2, eps), grads, params)
+  results = {}
+  for fused in paths:
+    ours = run_optax(variant.ours(*hyperparameters, fused=fused), grads, params)
+    assert ours.dtype == dtype
+    result = results[fused] = {"reference": normwise_error(ours, reference)}
+    for key, theirs in others.items():
+      result[key] = normwise_error(ours, theirs)
+      result[f"{key}_vs_reference"] = normwise_error(theirs, reference)
+  return results
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["xla", "fused"])
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("hyperparameters", HYPERPARAMETERS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_matches_references(request, name, dtype, hyperparameters, scale, fused):
+def test_matches_references(request, name, dtype, hyperparameters, scale):
+  """The XLA path and the fused kernel (``fused=True``), each against every reference."""
   if dtype == np.float64:
     request.getfixturevalue("x64")
   tolerance = TOLERANCE[dtype]
-  result = errors(name, dtype, hyperparameters, scale, fused=fused)
-  assert result["reference"] < tolerance, result
-  if "optax" in result:
-    assert result["optax"] < max(result["optax_vs_reference"], tolerance) + tolerance, result
-  if "torch" in result:
-    assert result["torch"] < max(result["torch_vs_reference"], tolerance) + tolerance, result
+  for fused, result in errors_of_both(name, dtype, hyperparameters, scale).items():
+    assert result["reference"] < tolerance, (fused, result)
+    if "optax" in result:
+      limit = max(result["optax_vs_reference"], tolerance) + tolerance
+      assert result["optax"] < limit, (fused, result)
+    if "torch" in result:
+      limit = max(result["torch_vs_reference"], tolerance) + tolerance
+      assert result["torch"] < limit, (fused, result)
