@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
 KERNEL := adam_optax/_adam_fused_cpu.so
 
-.PHONY: install kernel test lint format docs example examples bench bench-quick bench-gpu bench-half bench-buffers bench-lm bench-lm-quick clean
+.PHONY: install kernel test lint format docs example examples bench bench-quick bench-gpu bench-half \
+	bench-buffers bench-lm bench-lm-quick bench-modern bench-claims bench-family bench-family-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +70,23 @@ BENCH_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 bench-gpu:
 	$(BENCH_PYTHON) benchmarks/device.py $(BENCH_ARGS)
 
+# The modern family (issue 18): each member's donated step on the transformer tree and its
+# compile time at 1024 leaves, relative to adam's.
+bench-modern: $(STAMP)
+	$(BIN)/python benchmarks/modern.py
+
+# The papers' claims that are measured rather than tested (a few minutes each on 2 cores).
+bench-claims: $(STAMP)
+	for f in benchmarks/claims_*.py; do $(BIN)/python $$f || exit 1; done
+
+# "Which Adam?": every member on four tasks, learning rates swept, three seeds; writes
+# docs/which_adam.md and its figures (docs/_static/workbench/). --quick: small, no docs.
+bench-family: $(STAMP)
+	$(BIN)/python benchmarks/workbench.py
+
+bench-family-quick: $(STAMP)
+	$(BIN)/python benchmarks/workbench.py --quick
+
 bench-half: $(STAMP)
 	$(BIN)/python benchmarks/half_precision.py
 
@@ -89,4 +107,5 @@ bench-lm-quick: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/lm.py --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build dist site *.egg-info docs/gallery docs/generated $(KERNEL)
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist site *.egg-info docs/gallery docs/generated $(KERNEL) \
+		adam_optax/*.not-built.txt
