@@ -469,10 +469,14 @@ def simplified_ademamix(
   :math:`1 - \beta_1` times Adam's.
 
   Follows the paper and the authors' code, as ``optax.contrib.simplified_ademamix``
-  does; ``pytorch_optimizer.SimplifiedAdEMAMix`` 4.1.0 keeps an EMA instead
-  (:math:`m_t = \beta_1 m_{t-1} + (1 - \beta_1) g_t`), so its steps are those
-  of this optimizer with ``learning_rate * (1 - b1)``, ``alpha / (1 - b1)``
-  and ``weight_decay / (1 - b1)`` when :math:`\beta_1` is constant.
+  does (which has no warm-up). ``pytorch_optimizer.SimplifiedAdEMAMix`` 4.1.0
+  differs twice: it keeps an EMA (:math:`m_t = \beta_1 m_{t-1} + (1 -
+  \beta_1) g_t`), a convention undone by ``learning_rate / (1 - b1)``,
+  ``alpha * (1 - b1)`` and ``weight_decay * (1 - b1)`` given to it when
+  :math:`\beta_1` is constant; and it divides its step by :math:`1 -
+  \beta_2^t` once more (its first step is :math:`1 / (1 - \beta_2) = 20`
+  times the paper's at the default :math:`\beta_2`), a bug shown in the tests
+  against the paper's equations in float64.
 
   Args:
     learning_rate: :math:`\eta`, a number ``>= 0`` or an optax schedule.
