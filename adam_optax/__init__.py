@@ -17,8 +17,11 @@ from adam_optax._adam_mini import adam_mini_blocks as adam_mini_blocks
 from adam_optax._adam_mini import blocks_by_shape as blocks_by_shape
 from adam_optax._adam_mini import scale_by_block_moments as scale_by_block_moments
 from adam_optax._ademamix import ScaleByAdemamixState as ScaleByAdemamixState
+from adam_optax._ademamix import ScaleBySimplifiedAdemamixState as ScaleBySimplifiedAdemamixState
 from adam_optax._ademamix import ademamix as ademamix
 from adam_optax._ademamix import scale_by_ademamix as scale_by_ademamix
+from adam_optax._ademamix import scale_by_simplified_ademamix as scale_by_simplified_ademamix
+from adam_optax._ademamix import simplified_ademamix as simplified_ademamix
 from adam_optax._adopt import ScaleByAdoptState as ScaleByAdoptState
 from adam_optax._adopt import adopt as adopt
 from adam_optax._adopt import scale_by_adopt as scale_by_adopt
@@ -97,6 +100,7 @@ __all__ = [
   "ScaleByMarsCorrectionState",
   "ScaleByMomentsState",
   "ScaleBySecondMomentState",
+  "ScaleBySimplifiedAdemamixState",
   "ScheduleFreeAverageState",
   "SkipNonfiniteState",
   "StateMemory",
@@ -140,10 +144,12 @@ __all__ = [
   "scale_by_moments",
   "scale_by_radam",
   "scale_by_second_moment",
+  "scale_by_simplified_ademamix",
   "schedule_free_adamw",
   "schedule_free_average",
   "schedule_free_eval_params",
   "sharded_train_step",
+  "simplified_ademamix",
   "skip_nonfinite",
   "stable_adamw",
   "state_from_optax",

@@ -33,7 +33,7 @@ import optax.contrib
 
 from adam_optax._adabelief import ScaleByBeliefState
 from adam_optax._adam_mini import ScaleByBlockMomentsState
-from adam_optax._ademamix import ScaleByAdemamixState
+from adam_optax._ademamix import ScaleByAdemamixState, ScaleBySimplifiedAdemamixState
 from adam_optax._adopt import ScaleByAdoptState
 from adam_optax._laprop import ScaleByLapropState
 from adam_optax._moments import ScaleByMomentsState
@@ -77,6 +77,8 @@ QUANTIZED_MAPS = MapRules(
     (ScaleByAdemamixState, "mu"): "signed",
     (ScaleByAdemamixState, "mu_slow"): "signed",
     (ScaleByAdemamixState, "nu"): "unsigned",
+    (ScaleBySimplifiedAdemamixState, "mu"): "signed",
+    (ScaleBySimplifiedAdemamixState, "nu"): "unsigned",
     (ScaleBySecondMomentState, "nu"): "unsigned",
     (ScaleByBlockMomentsState, "mu"): "signed",
     (optax.ScaleByAdamState, "mu"): "signed",
@@ -100,6 +102,8 @@ QUANTIZED_MAPS = MapRules(
     (optax.contrib.ScaleByAdemamixState, "m1"): "signed",
     (optax.contrib.ScaleByAdemamixState, "m2"): "signed",
     (optax.contrib.ScaleByAdemamixState, "nu"): "unsigned",
+    (optax.contrib.ScaleBySimplifiedAdEMAMixState, "m"): "signed",
+    (optax.contrib.ScaleBySimplifiedAdEMAMixState, "n"): "unsigned",
     (optax.contrib.ProdigyState, "exp_avg"): "signed",
     (optax.contrib.ProdigyState, "exp_avg_sq"): "unsigned",
   }

@@ -25,6 +25,7 @@ MEMBERS = {
   "adabelief": adam_optax.adabelief,
   "laprop": adam_optax.laprop,
   "ademamix": adam_optax.ademamix,
+  "simplified_ademamix": adam_optax.simplified_ademamix,
 }
 PARAMS = {"w": jnp.linspace(-1.0, 1.0, 16).reshape(8, 2), "b": jnp.linspace(0.5, -0.5, 8)}
 

@@ -26,6 +26,10 @@ MEMBERS = {
     lambda: adam_optax.ademamix(1e-2),
     {"mu": "signed", "mu_slow": "signed", "nu": "unsigned"},
   ),
+  "simplified_ademamix": (
+    lambda: adam_optax.simplified_ademamix(1e-3),
+    {"mu": "signed", "nu": "unsigned"},
+  ),
   "adam_atan2": (lambda: adam_optax.adam_atan2(1e-2), {"mu": "signed", "nu": "unsigned"}),
   "stable_adamw": (lambda: adam_optax.stable_adamw(1e-2), {"mu": "signed", "nu": "unsigned"}),
   "cautious": (
