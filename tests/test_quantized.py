@@ -378,7 +378,8 @@ def test_complex_moments_stay_whole_and_their_real_second_moment_is_quantized():
   assert _maps(state) == {"[0].nu['c']": "unsigned"}
   grads = {"c": jnp.full(5000, 1 + 1j, jnp.complex64)}
   updates, _ = jax.jit(optimizer.update)(grads, state, params)
-  expected, _ = adam_optax.adam(1e-2).update(grads, adam_optax.adam(1e-2).init(params), params)
+  reference = adam_optax.adam(1e-2)
+  expected, _ = jax.jit(reference.update)(grads, reference.init(params), params)
   np.testing.assert_allclose(updates["c"], expected["c"], rtol=1e-6)
 
 
