@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,12 +14,20 @@ from adam_optax import _quantize
 MAPS = [(bits, signed) for bits in (8, 4) for signed in (True, False)]
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _round_trips(xs: tuple, bits: int, signed: bool, block: int) -> list:
+  """Per array of ``xs``: ``(decoded in its shape and dtype, codes, scales)``, in one compile."""
+  out = []
+  for x in xs:
+    codes, scales = _quantize.encode(x, bits, signed=signed, block_size=block)
+    flat = _quantize.decode(codes, scales, bits, signed=signed).reshape(-1)
+    out.append((flat[: x.size].reshape(x.shape).astype(x.dtype), codes, scales))
+  return out
+
+
 def _round_trip(x, bits: int, signed: bool, block: int):
   """``(decoded in x's shape and dtype, codes, scales)``."""
-  codes, scales = _quantize.encode(x, bits, signed=signed, block_size=block)
-  flat = _quantize.decode(codes, scales, bits, signed=signed).reshape(-1)
-  size = int(np.prod(np.shape(x)))
-  return flat[:size].reshape(np.shape(x)).astype(x.dtype), codes, scales
+  return _round_trips((x,), bits, signed, block)[0]
 
 
 def _blocks_of_many_scales(signed: bool, blocks: int, block: int, seed: int = 0) -> np.ndarray:
@@ -86,36 +96,47 @@ def test_zero_blocks_equal_blocks_and_denormals(bits, signed):
     np.testing.assert_array_equal(decoded[4], -0.75)
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize(("bits", "signed"), MAPS)
-def test_a_non_finite_entry_poisons_its_block_visibly_and_only_its_block(bits, signed, bad):
+def test_a_non_finite_entry_poisons_its_block_visibly_and_only_its_block(bits, signed):
   block = 256 if bits == 8 else 128
-  x = _blocks_of_many_scales(signed, 3, block)
-  x[1, 7] = bad
+  x = _blocks_of_many_scales(signed, 6, block)
+  poisoned = [1, 3, 4]
+  for row, bad in zip(poisoned, [np.nan, np.inf, -np.inf], strict=True):
+    x[row, 7] = bad
+  clean = [0, 2, 5]
   out, _, scales = _round_trip(jnp.asarray(x), bits, signed, block)
-  assert np.isnan(np.asarray(scales)[1]) and np.isfinite(np.asarray(scales)[[0, 2]]).all()
+  assert np.isnan(np.asarray(scales)[poisoned]).all()
+  assert np.isfinite(np.asarray(scales)[clean]).all()
   decoded = np.asarray(out)
-  assert np.isnan(decoded[1]).all()  # never silently finite
-  assert np.isfinite(decoded[[0, 2]]).all()
+  assert np.isnan(decoded[poisoned]).all()  # never silently finite
+  assert np.isfinite(decoded[clean]).all()
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("bits", [8, 4])
-@pytest.mark.parametrize("shape", [(), (1,), (7,), (3, 5, 11), (300, 2)])
-def test_shapes_padding_packing_and_dtypes(shape, bits, dtype):
+def test_shapes_padding_packing_and_dtypes(bits):
   block = 64
-  x = jax.random.normal(jax.random.key(0), shape, jnp.float32).astype(dtype)
-  out, codes, scales = _round_trip(x, bits, True, block)
-  size = int(np.prod(shape))
-  n_blocks = max(1, -(-size // block))
-  assert codes.dtype == jnp.uint8 and codes.shape == (n_blocks, block * bits // 8)
-  assert scales.shape == (n_blocks,) and scales.dtype == jnp.float32
-  assert out.shape == shape and out.dtype == dtype
-  exact = np.asarray(x, np.float32)
+  cases = [
+    (shape, dtype)
+    for shape in [(), (1,), (7,), (3, 5, 11), (300, 2)]
+    for dtype in [jnp.float32, jnp.bfloat16, jnp.float16]
+  ]
+  xs = tuple(
+    jax.random.normal(jax.random.key(0), shape, jnp.float32).astype(dtype) for shape, dtype in cases
+  )
   gap = np.diff(_quantize.levels(bits, True)).max()
-  rounding = float(jnp.finfo(dtype).eps)  # storing the decoded value back in dtype
-  bound = (gap + rounding) * np.abs(exact).max(initial=0.0)
-  assert np.abs(np.asarray(out, np.float32) - exact).max(initial=0.0) <= bound
+  for (shape, dtype), x, (out, codes, scales) in zip(
+    cases, xs, _round_trips(xs, bits, True, block), strict=True
+  ):
+    size = int(np.prod(shape))
+    n_blocks = max(1, -(-size // block))
+    assert codes.dtype == jnp.uint8 and codes.shape == (n_blocks, block * bits // 8), shape
+    assert scales.shape == (n_blocks,) and scales.dtype == jnp.float32, shape
+    assert out.shape == shape and out.dtype == dtype, (shape, dtype)
+    exact = np.asarray(x, np.float32)
+    rounding = float(jnp.finfo(dtype).eps)  # storing the decoded value back in dtype
+    bound = (gap + rounding) * np.abs(exact).max(initial=0.0)
+    error = np.abs(np.asarray(out, np.float32) - exact).max(initial=0.0)
+    assert error <= bound, (shape, dtype, error, bound)
 
 
 def test_four_bit_codes_pack_two_per_byte_low_nibble_first():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,9 @@ def _maps(state) -> dict[str, str]:
     for path, leaf in flat
     if leaf.ndim == 0 and leaf.dtype in names
   }
+
+
+MOMENT_MAPS = {"mu": "signed", "nu": "unsigned"}
 
 
 def _params():
@@ -163,6 +168,14 @@ def _train(optimizer, loss, params, steps: int):
   return params, state, np.array(losses)
 
 
+@functools.cache
+def _fp32_adam_200_steps():
+  """fp32 Adam's params and losses on ``_regression()``, run once for both bit widths."""
+  loss, params = _regression()
+  exact_params, _, exact = _train(adam_optax.adam(3e-2), loss, params, 200)
+  return exact_params, exact
+
+
 @pytest.mark.parametrize(("bits", "param_tol", "loss_tol"), [(8, 0.01, 0.01), (4, 0.15, 0.2)])
 def test_trajectory_tracks_fp32_adam(bits, param_tol, loss_tol):
   """Stated tolerances over 200 steps of a 4096-parameter least-squares problem.
@@ -173,7 +186,7 @@ def test_trajectory_tracks_fp32_adam(bits, param_tol, loss_tol):
   from converging as far (its final loss is 17x fp32's, still 1/250 of the start).
   """
   loss, params = _regression()
-  exact_params, _, exact = _train(adam_optax.adam(3e-2), loss, params, 200)
+  exact_params, exact = _fp32_adam_200_steps()
   optimizer = adam_optax.quantized(adam_optax.adam(3e-2), bits)
   got_params, state, got = _train(optimizer, loss, params, 200)
   assert len(_maps(state)) == 2
@@ -365,7 +378,8 @@ def test_complex_moments_stay_whole_and_their_real_second_moment_is_quantized():
   assert _maps(state) == {"[0].nu['c']": "unsigned"}
   grads = {"c": jnp.full(5000, 1 + 1j, jnp.complex64)}
   updates, _ = jax.jit(optimizer.update)(grads, state, params)
-  expected, _ = adam_optax.adam(1e-2).update(grads, adam_optax.adam(1e-2).init(params), params)
+  reference = adam_optax.adam(1e-2)
+  expected, _ = jax.jit(reference.update)(grads, reference.init(params), params)
   np.testing.assert_allclose(updates["c"], expected["c"], rtol=1e-6)
 
 
@@ -440,17 +454,24 @@ def test_a_checkpoint_of_another_map_is_refused_on_restore_naming_the_leaf(tmp_p
     jax.jit(optimizer.update)(params, restored, params)
 
 
-@pytest.mark.parametrize("shape", [(64, 96), (64, 100), (8, 3)])  # blocks line up, do not, tiny
-def test_params_split_over_an_explicit_mesh(shape):
-  """Sharded params: init places the state where state_shardings does; it keeps its type."""
+def test_params_split_over_an_explicit_mesh():
+  """Sharded params: init places the state where state_shardings does; it keeps its type.
+
+  One leaf each whose blocks line up with the 8 devices' pieces, do not, and a tiny one.
+  """
   mesh = jax.make_mesh((8,), ("data",))
   assert set(mesh.axis_types) == {jax.sharding.AxisType.Explicit}  # jax.make_mesh's default
   split = NamedSharding(mesh, P("data"))
-  values = np.linspace(-1, 1, np.prod(shape), dtype=np.float32).reshape(shape)
-  params = {"w": jax.device_put(values, split)}
-  grads = {"w": jax.device_put(np.cos(7 * values), split)}
+  shapes = {"lined_up": (64, 96), "not_lined_up": (64, 100), "tiny": (8, 3)}
+  values = {
+    k: np.linspace(-1, 1, np.prod(shape), dtype=np.float32).reshape(shape)
+    for k, shape in shapes.items()
+  }
+  params = {k: jax.device_put(v, split) for k, v in values.items()}
+  grads = {k: jax.device_put(np.cos(7 * v), split) for k, v in values.items()}
   optimizer = adam_optax.quantized(adam_optax.adam(1e-2), 8, min_size=16)
   state = optimizer.init(params)
+  assert _maps(state) == {f"[0].{m}['{k}']": s for m, s in MOMENT_MAPS.items() for k in shapes}
   expected = adam_optax.state_shardings(optimizer, params)
   placed = jax.tree.map(lambda a, s: a.sharding.is_equivalent_to(s, a.ndim), state, expected)
   assert all(jax.tree.leaves(placed))
@@ -461,11 +482,12 @@ def test_params_split_over_an_explicit_mesh(shape):
   ]
   step(grads, new_state, params)
   assert step._cache_size() == 1  # compiled once
-  local = {"w": jnp.asarray(values)}
-  reference, _ = optimizer.update(
-    {"w": jnp.asarray(np.cos(7 * values))}, optimizer.init(local), local
+  local = {k: jnp.asarray(v) for k, v in values.items()}
+  reference, _ = jax.jit(optimizer.update)(
+    {k: jnp.asarray(np.cos(7 * v)) for k, v in values.items()}, optimizer.init(local), local
   )
-  np.testing.assert_array_equal(updates["w"], reference["w"])
+  for k in shapes:
+    np.testing.assert_array_equal(updates[k], reference[k], err_msg=k)
 
 
 # -- The issue's regressions: each failed before the maps were declared ------------------------
@@ -634,11 +656,19 @@ def test_blocks_never_straddle_leaves(bits):
   params = {"a": jnp.ones((64, 100)), "b": jnp.ones(5000)}  # 6400 and 5000: neither whole
   grads = {"a": jnp.linspace(-1, 1, 6400).reshape(64, 100), "b": jnp.cos(jnp.arange(5000.0))}
   optimizer = adam_optax.quantized(adam_optax.adam(1e-2, b1=0.0), bits)
-  _, state = optimizer.update(grads, optimizer.init(params), params)
   block = 256 if bits == 8 else 128
+
+  @jax.jit
+  def run(grads, params):
+    state = optimizer.update(grads, optimizer.init(params), params)[1]
+    return state, {
+      k: _quantize.encode(g, bits, signed=True, block_size=block) for k, g in grads.items()
+    }
+
+  state, encoded = run(grads, params)
   rows = 0
   for key in ("a", "b"):  # jax.tree.leaves order; with b1 = 0, m = g exactly
-    codes, scales = _quantize.encode(grads[key], bits, signed=True, block_size=block)
+    codes, scales = encoded[key]
     count = scales.shape[0]
     got = state.codes["signed"][rows : rows + count].reshape(count, -1)
     np.testing.assert_array_equal(got, codes)
@@ -746,12 +776,17 @@ def test_nnx_linesearch_extra_arguments_pass_through():
   described = adam_optax.describe_quantized(optimizer.tx, nnx.state(model, nnx.Param))
   assert all(x.map is None for x in described.leaves)  # no lbfgs state is declared
   before = float(loss(model))
-  grads = nnx.grad(loss)(model)
-  optimizer.update(
-    model,
-    grads,
-    grad=grads,
-    value=loss(model),
-    value_fn=lambda state: loss(nnx.merge(graphdef, state)),
-  )
+
+  @nnx.jit  # lbfgs's line search compiles once here; eagerly it dispatches op by op
+  def step(model, optimizer):
+    grads = nnx.grad(loss)(model)
+    optimizer.update(
+      model,
+      grads,
+      grad=grads,
+      value=loss(model),
+      value_fn=lambda state: loss(nnx.merge(graphdef, state)),
+    )
+
+  step(model, optimizer)
   assert float(loss(model)) < before
