@@ -134,9 +134,12 @@ def _compensated(owner: str) -> optax.GradientTransformation:
         continue
       wide = jnp.float32
       exact = param.astype(wide) + update.astype(wide) + compensation.astype(wide)
-      landing = landing_update(param, update, exact.astype(param.dtype))
-      landed = jnp.asarray(param + landing).astype(param.dtype)  # as optax.apply_updates adds
-      residual = jnp.where(jnp.isfinite(exact), exact - landed.astype(wide), 0.0)
+      landing = landing_update(
+        param, update, num.rounded_to(exact, param.dtype).astype(param.dtype)
+      )
+      # Where optax.apply_updates lands: param + landing, rounded to the param's dtype.
+      landed = num.rounded_to(param.astype(wide) + landing.astype(wide), param.dtype)
+      residual = jnp.where(jnp.isfinite(exact), exact - landed, 0.0)
       new_updates.append(landing)
       new_compensation.append(residual.astype(param.dtype))
     return (

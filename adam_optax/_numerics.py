@@ -46,6 +46,28 @@ def compute_dtype(dtype: Any) -> np.dtype:
   return dtype
 
 
+def rounded_to(x: jax.Array, dtype: Any) -> jax.Array:
+  """``x`` rounded to the nearest value of the narrower floating ``dtype``, kept in ``x``'s dtype.
+
+  Not ``x.astype(dtype).astype(x.dtype)``: XLA may drop such a pair of
+  conversions inside a fusion and keep the wider value (its GPU backend does,
+  "excess precision"), which silently turns every rounding into none.
+  ``lax.reduce_precision`` rounds on every backend.
+  """
+  info = jnp.finfo(dtype)
+  rounded = jax.lax.reduce_precision(x, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+  # Below dtype's smallest normal, reduce_precision flushes to zero; there dtype's values are
+  # the multiples of its smallest subnormal q, so round x / q to an integer (half to even),
+  # exact where q is a normal number of x's dtype (float16's 2**-24 in float32; bfloat16's
+  # subnormals are float32 subnormals, which XLA flushes anyway).
+  quantum = int(info.minexp) - int(info.nmant)
+  if quantum >= int(jnp.finfo(x.dtype).minexp):
+    q = jnp.asarray(2.0**quantum, x.dtype)
+    subnormal = jnp.round(x / q) * q
+    rounded = jnp.where(jnp.abs(x) < jnp.asarray(info.smallest_normal, x.dtype), subnormal, rounded)
+  return rounded
+
+
 def complex_dtype(dtype: Any) -> np.dtype:
   """The complex dtype of ``dtype``'s precision: ``float32 -> complex64``."""
   if jnp.issubdtype(dtype, jnp.complexfloating):

@@ -40,8 +40,8 @@ def round_stochastically(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
   Returns:
     An array of ``dtype``, shaped like ``x``.
   """
-  nearest = x.astype(dtype)
-  wide = nearest.astype(x.dtype)
+  wide = num.rounded_to(x, dtype)  # the nearest value, held in x's dtype
+  nearest = wide.astype(dtype)
   toward = jnp.where(wide < x, jnp.inf, -jnp.inf).astype(dtype)
   other = jnp.nextafter(nearest, toward)  # the neighbour on x's other side
   # Differences of tiny numbers would be float32 subnormals, which XLA:CPU flushes to
