@@ -30,7 +30,7 @@ class Recipe(NamedTuple):
 
   Attributes:
     member: the factory: ``"adam"``, ``"adamw"``, ``"nadam"``, ``"nadamw"``,
-      ``"amsgrad"`` or ``"adamax"``.
+      ``"amsgrad"``, ``"adamax"`` or ``"radam"``.
     learning_rate: a number, an array or a schedule.
     b1: decay of the first moment.
     b2: decay of the second moment (of the infinity norm for AdaMax).
@@ -40,6 +40,8 @@ class Recipe(NamedTuple):
     momentum_decay: torch's NAdam momentum schedule, or ``None``.
     convention: AMSGrad's convention (``"torch"``, ``"optax"``, ``"paper"``),
       else ``None``.
+    options: the member's other hyperparameters as ``(name, value)`` pairs
+      (RAdam's ``threshold``).
   """
 
   member: str
@@ -51,6 +53,7 @@ class Recipe(NamedTuple):
   weight_decay: Any = None
   momentum_decay: Any = None
   convention: str | None = None
+  options: tuple[tuple[str, Any], ...] = ()
 
 
 class DecayRecipe(NamedTuple):

@@ -70,6 +70,16 @@ MEMBERS = {
     _torch(torch.optim.NAdam, momentum_decay=PSI, weight_decay=WD, decoupled_weight_decay=True),
   ),
   "adamax": Member(lambda: adam_optax.adamax(LR, B1, B2, EPS), _torch(torch.optim.Adamax)),
+  # STOP = 6 steps at B2 = 0.99: torch's RAdam rectifies from step 6 (rho_6 = 5.9 > 5) on.
+  "radam": Member(lambda: adam_optax.radam(LR, B1, B2, EPS), _torch(torch.optim.RAdam)),
+  "radam_coupled_l2": Member(
+    lambda: adam_optax.radam(LR, B1, B2, EPS, weight_decay=WD),
+    _torch(torch.optim.RAdam, weight_decay=WD),
+  ),
+  "radam_decoupled": Member(
+    lambda: adam_optax.radam(LR, B1, B2, EPS, weight_decay=WD, decoupled_weight_decay=True),
+    _torch(torch.optim.RAdam, weight_decay=WD, decoupled_weight_decay=True),
+  ),
 }
 
 
@@ -320,7 +330,7 @@ def test_errors_name_the_problem():
   )
   sgd = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
   _raises(
-    r"not the state of torch.optim.Adam, AdamW, NAdam or Adamax",
+    r"not the state of torch.optim.Adam, AdamW, NAdam, Adamax or RAdam",
     lambda: convert(adamw, params[:2], sd_of(sgd)),
   )
 
@@ -379,6 +389,38 @@ def test_errors_for_what_torch_cannot_hold():
   )
 
 
+def test_radam_errors_name_the_difference_from_torch():
+  params, torch_optimizer = _trained_torch("radam_decoupled")
+  sd = torch_optimizer.state_dict()
+  convert = adam_optax.state_from_torch
+  _raises(
+    r"continues a run of torch.optim.RAdam, but torch's state is that of "
+    r"torch.optim.RAdam\(decoupled_weight_decay=True\)",
+    lambda: convert(adam_optax.radam(LR, B1, B2, EPS, weight_decay=WD), params, sd),
+  )
+  _raises(
+    r"torch.optim.RAdam\(decoupled_weight_decay=True\)",
+    lambda: convert(adam_optax.adamw(LR, B1, B2, EPS, weight_decay=WD), params, sd),
+  )
+  threshold = adam_optax.radam(
+    LR, B1, B2, EPS, weight_decay=WD, decoupled_weight_decay=True, threshold=6.0
+  )
+  _raises(r"threshold 6.0 \(torch.optim.RAdam's is 5.0\)", lambda: convert(threshold, params, sd))
+  _raises(
+    r"radam\(threshold=6.0\) has no torch equivalent",
+    lambda: adam_optax.state_to_torch(threshold, threshold.init(params), params),
+  )
+  injected = optax.inject_hyperparams(adam_optax.radam)(LR, B1, B2, EPS, threshold=5.0)
+  state = injected.init(params)
+  exported = adam_optax.state_to_torch(injected, state, params)
+  assert exported["param_groups"][0]["lr"] == pytest.approx(LR)
+  state.hyperparams["threshold"] = jnp.asarray(6.0)
+  _raises(
+    r"radam\(threshold=6.0\) has no torch equivalent",
+    lambda: adam_optax.state_to_torch(injected, state, params),
+  )
+
+
 def test_nadam_mu_product_must_match_the_step():
   params, torch_optimizer = _trained_torch("nadam", steps=3)
   sd = copy.deepcopy(torch_optimizer.state_dict())  # state_dict() shares the live tensors
@@ -432,6 +474,9 @@ DAMAGED_TORCH = [
     r"max_exp_avg_sq has 1 of 80 .* -1e-09",
   ),
   ("adamax", "exp_inf", lambda t: _damage(t, -0.5), r"exp_inf has 1 of 80 .* >= 0"),
+  ("radam", "exp_avg_sq", lambda t: _damage(t, -0.5), r"exp_avg_sq has 1 of 80 .* >= 0"),
+  ("radam_decoupled", "exp_avg", lambda t: _damage(t, NAN), r"exp_avg has 1 of 80 .* nan"),
+  ("radam", "step", lambda t: t + 0.5, r"'s step is 2.5; expected a whole number"),
   (
     "adam",
     "step",
