@@ -167,8 +167,8 @@ def inspect(owner: str, optimizer: Any, params: Any) -> Target:
   if not found["located"]:
     raise ValueError(
       f"{owner}(optimizer=...): optimizer.init builds no member of adam_optax's family "
-      "(adam, adamw, nadam, nadamw, amsgrad, adamax, radam), whose state this converter fills; "
-      "optax's own optimizers are not recognised as targets"
+      "(adam, adamw, nadam, nadamw, amsgrad, adamax, radam, adopt), whose state this converter "
+      "fills; optax's own optimizers are not recognised as targets"
     )
   flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
   paths = tuple(tuple(path) for path, _ in flat)

@@ -20,7 +20,7 @@ from adam_optax import _numerics as num
 from adam_optax._bias_correction import bias_correction
 from adam_optax._learning_rate import scale_by_lr
 from adam_optax._moments import ScaleByMomentsState, scale_by_moments
-from adam_optax._recipes import Recipe, recorded
+from adam_optax._recipes import modern_recipe, recorded
 from adam_optax._trees import check_state_type
 from adam_optax._validation import (
   check_flag,
@@ -280,15 +280,8 @@ def radam(
   decoupled = check_flag(owner, "decoupled_weight_decay", decoupled_weight_decay)
   decay = decay_blocks(owner, weight_decay, mask)
   moments = _radam_moments(owner, b1, b2, eps, threshold, mu_dtype, nu_dtype)
-  recipe = Recipe(
-    owner,
-    learning_rate,
-    b1,
-    b2,
-    eps,
-    0.0,
-    weight_decay=weight_decay if decoupled else None,
-    options=(("threshold", threshold),),
+  recipe = modern_recipe(
+    owner, learning_rate, b1, b2, eps, weight_decay if decoupled else None, threshold=threshold
   )
   inner = decay if decoupled else []
   member = recorded(
