@@ -18,6 +18,7 @@ import optax
 from adam_optax import _numerics as num
 from adam_optax._elementwise import Moment, check_in_dtypes, moment_transform
 from adam_optax._learning_rate import scale_by_lr
+from adam_optax._recipes import modern_recipe, recorded
 from adam_optax._validation import (
   check_moment_hyperparameters,
   check_nonnegative,
@@ -244,6 +245,9 @@ def adopt(
   """
   owner = "adopt"
   learning_rate = check_rate(owner, "learning_rate", learning_rate)
-  parts = [_adopt_moments(owner, b1, b2, eps, clip, mu_dtype, nu_dtype)]
-  parts += decay_blocks(owner, weight_decay, mask)
-  return optax.chain(*parts, scale_by_lr(learning_rate))
+  decay = decay_blocks(owner, weight_decay, mask)
+  recipe = modern_recipe(
+    owner, learning_rate, b1, b2, eps, weight_decay if decay else None, clip=clip
+  )
+  moments = _adopt_moments(owner, b1, b2, eps, clip, mu_dtype, nu_dtype)
+  return recorded(recipe, optax.chain(moments, *decay, scale_by_lr(learning_rate)))

@@ -1,11 +1,11 @@
-"""Moving a run between ``torch.optim`` (Adam, AdamW, NAdam, Adamax) and the family.
+"""Moving a run between torch (``torch.optim``'s Adams, RAdam; pytorch_optimizer's ADOPT) and ours.
 
 torch keeps one state per parameter (``step``, ``exp_avg``, ``exp_avg_sq``,
-``max_exp_avg_sq``, NAdam's ``mu_product``, Adamax's ``exp_inf``) and the
-hyperparameters in ``param_groups``; this package keeps one count per family
-member and the moments as trees shaped like the params. The conversion is
-exact: the moments are copied (permuted where torch lays a weight out
-differently) and the count is torch's ``step``.
+``max_exp_avg_sq``, NAdam's ``mu_product``, Adamax's ``exp_inf``; ADOPT keeps its
+``step`` in the param_group) and the hyperparameters in ``param_groups``; this
+package keeps one count per family member and the moments as trees shaped like
+the params. The conversion is exact: the moments are copied (permuted where
+torch lays a weight out differently) and the count is torch's ``step``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _EXACT_FLOAT32 = 2**24  # torch's float32 step stops counting here (2^24 + 1 rou
 class _Kind(NamedTuple):
   """A torch optimizer as far as a state is concerned."""
 
-  name: str  # "Adam", "AdamW", "NAdam" or "Adamax"
+  name: str  # "Adam", "AdamW", "NAdam", "Adamax", "RAdam" or "ADOPT" (pytorch_optimizer's)
   amsgrad: bool = False
   decoupled: bool = False
 
@@ -39,15 +39,19 @@ class _Kind(NamedTuple):
       return ("step", "exp_avg", "exp_inf")
     if self.name == "NAdam":
       return ("step", "exp_avg", "exp_avg_sq", "mu_product")
+    if self.name == "ADOPT":  # its step is the param_group's
+      return ("exp_avg", "exp_avg_sq")
     return ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
 
   def __str__(self) -> str:
     flags = {
       "amsgrad": self.amsgrad,
-      "decoupled_weight_decay": self.decoupled and self.name == "NAdam",
+      "decoupled_weight_decay": self.decoupled and self.name in ("NAdam", "RAdam"),
+      "weight_decouple": self.decoupled and self.name == "ADOPT",
     }
     options = ", ".join(f"{flag}=True" for flag, on in flags.items() if on)
-    return f"torch.optim.{self.name}" + (f"({options})" if options else "")
+    package = "pytorch_optimizer" if self.name == "ADOPT" else "torch.optim"
+    return f"{package}.{self.name}" + (f"({options})" if options else "")
 
 
 _MEMBER_KINDS = {
@@ -57,7 +61,13 @@ _MEMBER_KINDS = {
   "nadam": _Kind("NAdam"),
   "nadamw": _Kind("NAdam", decoupled=True),
   "adamax": _Kind("Adamax"),
+  "radam": _Kind("RAdam"),
+  "adopt": _Kind("ADOPT"),
 }
+# pytorch_optimizer.ADOPT's param_group, recognised by exactly these keys (its optimizers
+# share a base class; the others add keys of their own).
+_ADOPT_GROUP = {"lr", "betas", "eps", "weight_decay", "weight_decouple", "fixed_decay", "foreach"}
+_THRESHOLD = 5.0  # torch.optim.RAdam's rectification threshold, fixed
 
 
 def _kind_of_member(owner: str, member: mig.Member) -> _Kind:
@@ -74,23 +84,31 @@ def _kind_of_member(owner: str, member: mig.Member) -> _Kind:
       f"{owner}: {recipe.member}(...) decays the weights itself and an "
       "add_decayed_weights comes before it as well; torch has one weight_decay"
     )
-  return _MEMBER_KINDS[recipe.member]
+  kind = _MEMBER_KINDS[recipe.member]
+  if kind.name in ("RAdam", "ADOPT"):  # a decay block inside the member: decoupled
+    return kind._replace(decoupled=recipe.weight_decay is not None)
+  return kind
 
 
 def _torch_kind(owner: str, group: dict[str, Any], states: list[dict[str, Any]]) -> _Kind:
   """The optimizer a torch ``param_group`` (and its params' states) belongs to."""
   decoupled = bool(group.get("decoupled_weight_decay"))
+  if set(group) - {"params", "step", "param_names"} == _ADOPT_GROUP:
+    decays = bool(group["weight_decouple"]) and mig.scalar(group["weight_decay"]) != 0.0
+    return _Kind("ADOPT", decoupled=decays)
   if "momentum_decay" in group:
     return _Kind("NAdam", decoupled=decoupled)
   if "amsgrad" in group:
     return _Kind("AdamW" if decoupled else "Adam", bool(group["amsgrad"]), decoupled)
+  if "decoupled_weight_decay" in group and "betas" in group:
+    return _Kind("RAdam", decoupled=decoupled)
   adamax_like = "betas" in group and "decoupled_weight_decay" not in group
   if adamax_like and all(set(s) <= {"step", "exp_avg", "exp_inf"} for s in states):
     return _Kind("Adamax")
   keys = sorted(k for k in group if k != "params")
   raise ValueError(
-    f"{owner}(torch_state=...): not the state of torch.optim.Adam, AdamW, NAdam or "
-    f"Adamax: a param_group has the keys {keys}"
+    f"{owner}(torch_state=...): not the state of torch.optim.Adam, AdamW, NAdam, "
+    f"Adamax, RAdam or pytorch_optimizer.ADOPT: a param_group has the keys {keys}"
   )
 
 
@@ -224,8 +242,9 @@ def _hyperparameters(owner: str, member: mig.Member, k: int, state: Any = None) 
     if name in member.hyper and state is not None:
       what = f"the injected hyperparameter {name} of {recipe.member}(...)"
       return mig.hyperparameter(f"{owner}(state=...)", what, state[member.hyper[name]])
-    return mig.value_at(getattr(recipe, name), k)
+    return mig.value_at(fields[name], k)
 
+  fields = {**recipe._asdict(), **dict(recipe.options)}
   return {
     "lr": value("learning_rate"),
     "b1": value("b1"),
@@ -235,6 +254,7 @@ def _hyperparameters(owner: str, member: mig.Member, k: int, state: Any = None) 
     "momentum_decay": None if recipe.momentum_decay is None else value("momentum_decay"),
     "weight_decay": None if recipe.weight_decay is None else value("weight_decay"),
     "coupled": None if member.coupled is None else mig.value_at(member.coupled, k),
+    "threshold": value("threshold") if "threshold" in fields else _THRESHOLD,
   }
 
 
@@ -265,6 +285,11 @@ def _compare(owner: str, member: mig.Member, hyper: dict, group: dict, number: i
     psi = mig.scalar(group["momentum_decay"])
     if not _same_momentum_decay(hyper["momentum_decay"], psi):
       problems.append(f"momentum_decay {hyper['momentum_decay']!r} (torch: {psi!r})")
+  threshold = hyper["threshold"]
+  if threshold is not None and not mig.close(threshold, _THRESHOLD):
+    problems.append(f"threshold {threshold!r} (torch.optim.RAdam's is {_THRESHOLD})")
+  if group.get("fixed_decay"):
+    problems.append("fixed_decay (torch: True): the decay here is scaled by the learning rate")
   if group.get("maximize"):
     problems.append(
       "maximize (torch: True): minimise the negated objective in JAX, whose state "
@@ -298,7 +323,8 @@ def state_from_torch(
 
   For every member of the family inside ``optimizer`` (:func:`adam`,
   :func:`adamw`, :func:`nadam`/:func:`nadamw` with ``momentum_decay``,
-  :func:`amsgrad` in torch's convention, :func:`adamax`, wrapped or not), its
+  :func:`amsgrad` in torch's convention, :func:`adamax`, :func:`radam`,
+  :func:`adopt` from ``pytorch_optimizer.ADOPT``, wrapped or not), its
   moments are torch's and its count is torch's ``step``:
 
   ============================  ==========================================
@@ -330,8 +356,13 @@ def state_from_torch(
       optimizer's (``torch.optim.Adam`` is :func:`adam`, ``Adam(amsgrad=True)``
       :func:`amsgrad`, ``AdamW`` :func:`adamw`, ``NAdam``
       :func:`nadam` with ``momentum_decay=4e-3`` (:func:`nadamw` with
-      ``decoupled_weight_decay=True``), ``Adamax`` :func:`adamax`). torch's
-      coupled ``weight_decay`` (Adam, NAdam, Adamax) is
+      ``decoupled_weight_decay=True``), ``Adamax`` :func:`adamax`, ``RAdam``
+      :func:`radam` with the same ``weight_decay`` and
+      ``decoupled_weight_decay``, ``pytorch_optimizer.ADOPT`` :func:`adopt`
+      with ``clip=lambda t: (t + 1) ** 0.25``, its clipping, which its
+      state_dict does not record, and ``weight_decouple=True`` for a
+      ``weight_decay`` of :func:`adopt`'s own). torch's coupled ``weight_decay`` (Adam,
+      NAdam, Adamax) is
       ``optax.chain(adam_optax.add_decayed_weights(wd), adam(...))``. Params in
       param_groups with different hyperparameters need one member each
       (``optax.multi_transform``), except AdamW's usual split into decayed and
@@ -358,8 +389,8 @@ def state_from_torch(
       ``NamedSharding``, else the default device.
     check_hyperparameters: compare the optimizer's hyperparameters
       (learning rate at the current step, ``b1``, ``b2``, ``eps``,
-      ``weight_decay``, ``momentum_decay``, ``eps_root = 0``, no
-      ``maximize``) with each param_group's and raise on a difference.
+      ``weight_decay``, ``momentum_decay``, ``eps_root = 0``, RAdam's
+      ``threshold = 5``, no ``maximize``) with each param_group's and raise on a difference.
 
   Returns:
     A state of ``optimizer`` for ``params``.
@@ -431,7 +462,11 @@ def state_from_torch(
           f"{owner}(torch_state=...): {label} lacks {missing} in its state; "
           f"{kind} keeps {list(kind.keys)}"
         )
-      step = mig.step_count(reading, f"{label}'s step", _numpy(entry.get("step", 0)))
+      if "step" in kind.keys:
+        step = mig.step_count(reading, f"{label}'s step", _numpy(entry.get("step", 0)))
+      else:
+        where_step = f"param_groups[{number}]'s step"
+        step = mig.step_count(reading, where_step, _numpy(torch.groups[number].get("step", 0)))
       steps[step] = (j, label)
       fields = [
         ("exp_avg", member.mu),
@@ -570,7 +605,9 @@ def state_to_torch(
   ``load_state_dict`` into the torch optimizer of the family member (``adam``:
   ``torch.optim.Adam``; ``amsgrad`` in torch's convention:
   ``Adam(amsgrad=True)``; ``adamw``: ``AdamW``; ``nadam``/``nadamw``: ``NAdam``,
-  with ``decoupled_weight_decay`` for ``nadamw``; ``adamax``: ``Adamax``)
+  with ``decoupled_weight_decay`` for ``nadamw``; ``adamax``: ``Adamax``;
+  ``radam``: ``RAdam``, with its ``decoupled_weight_decay``; ``adopt``:
+  ``pytorch_optimizer.ADOPT``, whose ``step`` is in the param_group)
   built over the same parameters. Its ``param_groups`` carry the optimizer's
   hyperparameters (``load_state_dict`` replaces the torch optimizer's own with
   them): a learning-rate schedule is evaluated at the current step (attach the
@@ -668,7 +705,7 @@ def state_to_torch(
     where_count = f"the step count at {mig.where(target.paths[member.count])}"
     k = mig.step_count(reading, where_count, jax.device_get(leaves[member.count]))
     hyper = _hyperparameters(owner, member, k, leaves)
-    unknown = [name for name in ("lr", "b1", "b2", "eps") if hyper[name] is None]
+    unknown = [name for name in ("lr", "b1", "b2", "eps", "threshold") if hyper[name] is None]
     if unknown:
       raise ValueError(
         f"{owner}: the hyperparameters {unknown} of {member.recipe.member}(...) are traced "
@@ -678,6 +715,11 @@ def state_to_torch(
       raise ValueError(
         f"{owner}: {member.recipe.member}(eps_root={hyper['eps_root']}) has no torch "
         "equivalent (torch adds eps outside the root only)"
+      )
+    if not mig.close(hyper["threshold"], _THRESHOLD):
+      raise ValueError(
+        f"{owner}: radam(threshold={hyper['threshold']}) has no torch equivalent "
+        f"(torch.optim.RAdam's threshold is {_THRESHOLD})"
       )
     wide = any(np.dtype(target.leaves[i].dtype) == np.float64 for i in member.mu)
     step_dtype = torch.float64 if wide or k > _EXACT_FLOAT32 else torch.float32
@@ -699,10 +741,9 @@ def state_to_torch(
           array = np.transpose(array, inverse)
         return torch.from_numpy(np.array(array))  # a writable copy
 
-      entry = {
-        "step": torch.tensor(float(k), dtype=step_dtype),
-        "exp_avg": tensor(member.mu[position], second=False),
-      }
+      entry = {"exp_avg": tensor(member.mu[position], second=False)}
+      if "step" in kind.keys:
+        entry["step"] = torch.tensor(float(k), dtype=step_dtype)
       entry["exp_inf" if kind.name == "Adamax" else "exp_avg_sq"] = tensor(member.nu[position])
       if kind.amsgrad:
         entry["max_exp_avg_sq"] = tensor(member.nu_max[position])
@@ -713,7 +754,7 @@ def state_to_torch(
       per_param[ids[j]] = entry
       decayed = member.decoupled[position] or member.coupled_leaves[position]
       decay = hyper["weight_decay"] if hyper["weight_decay"] is not None else hyper["coupled"]
-      settings[ids[j]] = _torch_group(kind, hyper, decay if decayed else 0.0)
+      settings[ids[j]] = _torch_group(kind, hyper, decay if decayed else 0.0, k)
   missing = [target.param_paths[j] for j in range(len(ids)) if ids[j] not in settings]
   if missing:
     raise ValueError(f"{owner}: param leaves {missing[:5]} are updated by no member of the family")
@@ -731,8 +772,19 @@ def _same(group: dict[str, Any], setting: dict[str, Any]) -> bool:
   return all(group[key] == value for key, value in setting.items())
 
 
-def _torch_group(kind: _Kind, hyper: dict, weight_decay: float) -> dict[str, Any]:
-  """A torch param_group's hyperparameters (without ``params``) for ``kind``."""
+def _torch_group(kind: _Kind, hyper: dict, weight_decay: float, k: int) -> dict[str, Any]:
+  """A torch param_group's hyperparameters (without ``params``) for ``kind`` at step ``k``."""
+  if kind.name == "ADOPT":
+    return {
+      "lr": hyper["lr"],
+      "betas": (hyper["b1"], hyper["b2"]),
+      "eps": hyper["eps"],
+      "weight_decay": weight_decay,
+      "weight_decouple": kind.decoupled,
+      "fixed_decay": False,
+      "foreach": None,
+      "step": k,
+    }
   group: dict[str, Any] = {
     "lr": hyper["lr"],
     "betas": (hyper["b1"], hyper["b2"]),
@@ -745,6 +797,8 @@ def _torch_group(kind: _Kind, hyper: dict, weight_decay: float) -> dict[str, Any
   }
   if kind.name in ("Adam", "AdamW"):
     group.update(amsgrad=kind.amsgrad, fused=None, decoupled_weight_decay=kind.decoupled)
+  elif kind.name == "RAdam":
+    group.update(decoupled_weight_decay=kind.decoupled)
   elif kind.name == "NAdam":
     psi = hyper["momentum_decay"]
     group.update(

@@ -92,7 +92,7 @@ def _locate(state: Any, events: list[Event]) -> list[tuple[Event, KeyPath, Any, 
   hyper_ids: dict[int, tuple[int, str]] = {}
   for number, event in enumerate(events):
     if isinstance(event.recipe, Recipe):
-      for name, value in event.recipe._asdict().items():
+      for name, value in [*event.recipe._asdict().items(), *event.recipe.options]:
         if isinstance(value, jax.Array):
           hyper_ids[id(value)] = (number, name)
 
@@ -167,8 +167,8 @@ def inspect(owner: str, optimizer: Any, params: Any) -> Target:
   if not found["located"]:
     raise ValueError(
       f"{owner}(optimizer=...): optimizer.init builds no member of adam_optax's family "
-      "(adam, adamw, nadam, nadamw, amsgrad, adamax), whose state this converter fills; "
-      "optax's own optimizers are not recognised as targets"
+      "(adam, adamw, nadam, nadamw, amsgrad, adamax, radam, adopt), whose state this converter "
+      "fills; optax's own optimizers are not recognised as targets"
     )
   flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
   paths = tuple(tuple(path) for path, _ in flat)

@@ -20,6 +20,7 @@ from adam_optax import _numerics as num
 from adam_optax._bias_correction import bias_correction
 from adam_optax._learning_rate import scale_by_lr
 from adam_optax._moments import ScaleByMomentsState, scale_by_moments
+from adam_optax._recipes import modern_recipe, recorded
 from adam_optax._trees import check_state_type
 from adam_optax._validation import (
   check_flag,
@@ -230,9 +231,9 @@ def radam(
   :math:`\beta_2 = 0.999` are SGD with momentum). It is
   ``optax.chain(scale_by_radam(b1, b2, eps), bias_correction(b1, None),
   scale_by_lr(learning_rate))``, with ``add_decayed_weights(weight_decay,
-  mask)`` first (torch's default: an L2 penalty added to the gradient) or,
-  with ``decoupled_weight_decay=True``, before ``scale_by_lr`` (torch's
-  decoupled decay, AdamW's). :math:`\epsilon` sits where torch puts it, on
+  mask)`` chained before it (torch's default: an L2 penalty added to the
+  gradient) or, with ``decoupled_weight_decay=True``, before ``scale_by_lr``
+  (torch's decoupled decay, AdamW's). :math:`\epsilon` sits where torch puts it, on
   :math:`\sqrt{v_t}`; see :func:`scale_by_radam` for ``optax.radam``'s choice
   and the paper's.
 
@@ -279,6 +280,11 @@ def radam(
   decoupled = check_flag(owner, "decoupled_weight_decay", decoupled_weight_decay)
   decay = decay_blocks(owner, weight_decay, mask)
   moments = _radam_moments(owner, b1, b2, eps, threshold, mu_dtype, nu_dtype)
-  parts = [moments, bias_correction(b1, None)]
-  parts = parts + decay if decoupled else decay + parts
-  return optax.chain(*parts, scale_by_lr(learning_rate))
+  recipe = modern_recipe(
+    owner, learning_rate, b1, b2, eps, weight_decay if decoupled else None, threshold=threshold
+  )
+  inner = decay if decoupled else []
+  member = recorded(
+    recipe, optax.chain(moments, bias_correction(b1, None), *inner, scale_by_lr(learning_rate))
+  )
+  return member if decoupled or not decay else optax.chain(*decay, member)

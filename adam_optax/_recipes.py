@@ -30,7 +30,7 @@ class Recipe(NamedTuple):
 
   Attributes:
     member: the factory: ``"adam"``, ``"adamw"``, ``"nadam"``, ``"nadamw"``,
-      ``"amsgrad"`` or ``"adamax"``.
+      ``"amsgrad"``, ``"adamax"``, ``"radam"`` or ``"adopt"``.
     learning_rate: a number, an array or a schedule.
     b1: decay of the first moment.
     b2: decay of the second moment (of the infinity norm for AdaMax).
@@ -40,6 +40,8 @@ class Recipe(NamedTuple):
     momentum_decay: torch's NAdam momentum schedule, or ``None``.
     convention: AMSGrad's convention (``"torch"``, ``"optax"``, ``"paper"``),
       else ``None``.
+    options: the member's other hyperparameters as ``(name, value)`` pairs
+      (RAdam's ``threshold``, ADOPT's ``clip``).
   """
 
   member: str
@@ -51,6 +53,23 @@ class Recipe(NamedTuple):
   weight_decay: Any = None
   momentum_decay: Any = None
   convention: str | None = None
+  options: tuple[tuple[str, Any], ...] = ()
+
+
+def modern_recipe(
+  member: str, learning_rate: Any, b1: Any, b2: Any, eps: Any, weight_decay: Any, **options: Any
+) -> Recipe:
+  """A :class:`Recipe` without ``eps_root``; ``weight_decay``: the member's own decay, or None."""
+  return Recipe(
+    member,
+    learning_rate,
+    b1,
+    b2,
+    eps,
+    0.0,
+    weight_decay=weight_decay,
+    options=tuple(options.items()),
+  )
 
 
 class DecayRecipe(NamedTuple):

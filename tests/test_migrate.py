@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import pytorch_optimizer
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,6 +39,10 @@ class Member:
 
   ours: Callable[[], Any]
   torch: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+def _code_clip(t: jax.Array) -> jax.Array:
+  return (t + 1) ** 0.25
 
 
 def _torch(cls: Any, **options: Any) -> Callable[[Any], Any]:
@@ -70,6 +75,32 @@ MEMBERS = {
     _torch(torch.optim.NAdam, momentum_decay=PSI, weight_decay=WD, decoupled_weight_decay=True),
   ),
   "adamax": Member(lambda: adam_optax.adamax(LR, B1, B2, EPS), _torch(torch.optim.Adamax)),
+  # STOP = 6 steps at B2 = 0.99: torch's RAdam rectifies from step 6 (rho_6 = 5.9 > 5) on.
+  "radam": Member(lambda: adam_optax.radam(LR, B1, B2, EPS), _torch(torch.optim.RAdam)),
+  "radam_coupled_l2": Member(
+    lambda: adam_optax.radam(LR, B1, B2, EPS, weight_decay=WD),
+    _torch(torch.optim.RAdam, weight_decay=WD),
+  ),
+  "radam_decoupled": Member(
+    lambda: adam_optax.radam(LR, B1, B2, EPS, weight_decay=WD, decoupled_weight_decay=True),
+    _torch(torch.optim.RAdam, weight_decay=WD, decoupled_weight_decay=True),
+  ),
+  # pytorch_optimizer clips step t at (t + 1)^(1/4) where adopt follows the paper's t^(1/4)
+  # (tests/test_adopt.py); its clip_lambda is not in its state_dict.
+  "adopt": Member(
+    lambda: adam_optax.adopt(LR, B1, B2, EPS, clip=_code_clip),
+    _torch(pytorch_optimizer.ADOPT, foreach=False),
+  ),
+  "adopt_coupled_l2": Member(
+    lambda: optax.chain(
+      adam_optax.add_decayed_weights(WD), adam_optax.adopt(LR, B1, B2, EPS, clip=_code_clip)
+    ),
+    _torch(pytorch_optimizer.ADOPT, weight_decay=WD, foreach=False),
+  ),
+  "adopt_decoupled": Member(
+    lambda: adam_optax.adopt(LR, B1, B2, EPS, clip=_code_clip, weight_decay=WD),
+    _torch(pytorch_optimizer.ADOPT, weight_decay=WD, weight_decouple=True, foreach=False),
+  ),
 }
 
 
@@ -170,8 +201,8 @@ def test_to_torch_continues_as_jax_would(name, dtype):
   ours, _ = _jax_steps(optimizer, params, state, data, MORE)
   assert _error(_jax_params(model), ours) < TOLERANCE[dtype]
   fresh = member.torch(list(_torch_model(dtype).parameters()))
-  assert torch_optimizer.state_dict()["param_groups"][0].keys() == (
-    fresh.state_dict()["param_groups"][0].keys()
+  assert torch_optimizer.state_dict()["param_groups"][0].keys() - {"step"} == (
+    fresh.state_dict()["param_groups"][0].keys()  # pytorch_optimizer adds its step when stepping
   )
 
 
@@ -320,7 +351,7 @@ def test_errors_name_the_problem():
   )
   sgd = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
   _raises(
-    r"not the state of torch.optim.Adam, AdamW, NAdam or Adamax",
+    r"not the state of torch.optim.Adam, AdamW, NAdam, Adamax, RAdam or pytorch_optimizer.ADOPT",
     lambda: convert(adamw, params[:2], sd_of(sgd)),
   )
 
@@ -379,6 +410,59 @@ def test_errors_for_what_torch_cannot_hold():
   )
 
 
+def test_radam_errors_name_the_difference_from_torch():
+  params, torch_optimizer = _trained_torch("radam_decoupled")
+  sd = torch_optimizer.state_dict()
+  convert = adam_optax.state_from_torch
+  _raises(
+    r"continues a run of torch.optim.RAdam, but torch's state is that of "
+    r"torch.optim.RAdam\(decoupled_weight_decay=True\)",
+    lambda: convert(adam_optax.radam(LR, B1, B2, EPS, weight_decay=WD), params, sd),
+  )
+  _raises(
+    r"torch.optim.RAdam\(decoupled_weight_decay=True\)",
+    lambda: convert(adam_optax.adamw(LR, B1, B2, EPS, weight_decay=WD), params, sd),
+  )
+  threshold = adam_optax.radam(
+    LR, B1, B2, EPS, weight_decay=WD, decoupled_weight_decay=True, threshold=6.0
+  )
+  _raises(r"threshold 6.0 \(torch.optim.RAdam's is 5.0\)", lambda: convert(threshold, params, sd))
+  _raises(
+    r"radam\(threshold=6.0\) has no torch equivalent",
+    lambda: adam_optax.state_to_torch(threshold, threshold.init(params), params),
+  )
+  injected = optax.inject_hyperparams(adam_optax.radam)(LR, B1, B2, EPS, threshold=5.0)
+  state = injected.init(params)
+  exported = adam_optax.state_to_torch(injected, state, params)
+  assert exported["param_groups"][0]["lr"] == pytest.approx(LR)
+  state.hyperparams["threshold"] = jnp.asarray(6.0)
+  _raises(
+    r"radam\(threshold=6.0\) has no torch equivalent",
+    lambda: adam_optax.state_to_torch(injected, state, params),
+  )
+
+
+def test_adopt_is_told_from_pytorch_optimizers_other_states():
+  params, torch_optimizer = _trained_torch("adopt_decoupled")
+  sd = copy.deepcopy(torch_optimizer.state_dict())
+  adopt = MEMBERS["adopt_decoupled"].ours()
+  assert int(adam_optax.state_from_torch(adopt, params, sd)[0].count) == 2  # the group's step
+  sd["param_groups"][0]["fixed_decay"] = True
+  _raises(r"fixed_decay \(torch: True\)", lambda: adam_optax.state_from_torch(adopt, params, sd))
+  model = _torch_model(np.float32)
+  laprop = pytorch_optimizer.LaProp(model.parameters(), lr=LR)
+  _torch_steps(model, laprop, _data(np.float32), 2)
+  _raises(
+    r"not the state of .* pytorch_optimizer.ADOPT: a param_group has the keys \['ams_bound'",
+    lambda: adam_optax.state_from_torch(adopt, params, laprop),
+  )
+  _raises(
+    r"continues a run of pytorch_optimizer.ADOPT\(weight_decouple=True\), but torch's state "
+    r"is that of pytorch_optimizer.ADOPT;",
+    lambda: adam_optax.state_from_torch(adopt, params, _trained_torch("adopt_coupled_l2")[1]),
+  )
+
+
 def test_nadam_mu_product_must_match_the_step():
   params, torch_optimizer = _trained_torch("nadam", steps=3)
   sd = copy.deepcopy(torch_optimizer.state_dict())  # state_dict() shares the live tensors
@@ -432,6 +516,10 @@ DAMAGED_TORCH = [
     r"max_exp_avg_sq has 1 of 80 .* -1e-09",
   ),
   ("adamax", "exp_inf", lambda t: _damage(t, -0.5), r"exp_inf has 1 of 80 .* >= 0"),
+  ("radam", "exp_avg_sq", lambda t: _damage(t, -0.5), r"exp_avg_sq has 1 of 80 .* >= 0"),
+  ("radam_decoupled", "exp_avg", lambda t: _damage(t, NAN), r"exp_avg has 1 of 80 .* nan"),
+  ("radam", "step", lambda t: t + 0.5, r"'s step is 2.5; expected a whole number"),
+  ("adopt", "exp_avg_sq", lambda t: _damage(t, -2.0), r"exp_avg_sq has 1 of 80 .* >= 0"),
   (
     "adam",
     "step",
