@@ -170,7 +170,7 @@ class ScaleByBlockMomentsState(NamedTuple):
     count: number of updates applied so far (int32, saturating).
     mu: first-moment EMA, shaped like the params.
     nu: one second-moment EMA per block: each leaf shaped as its
-      :attr:`Blocks.nu_shape` (real; float32 for half-precision params by default).
+      ``Blocks.nu_shape`` (real; float32 for half-precision params by default).
   """
 
   count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax

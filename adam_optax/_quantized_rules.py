@@ -224,7 +224,8 @@ class QuantizedDescription(NamedTuple):
   """What ``quantized(...)`` keeps how, leaf by leaf, and what it costs; prints as a table.
 
   Attributes:
-    leaves: one :class:`LeafPlan` per leaf of the inner state.
+    leaves: one ``LeafPlan`` (``site``, ``shape``, ``dtype``, ``map``, ``reason``) per leaf of
+      the inner state.
     bits: 8 or 4.
     block_size: elements per block.
     processing: how ``update`` runs: ``"chunked"`` or ``"whole tree"``, with why.

@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -118,9 +119,15 @@ def check_every_name_documented(app: Sphinx, env) -> None:
 # --- Generated outputs: the gallery and the parity tables ----------------------------------
 
 
+# CPython 3.11's ast.parse is not safe to call from two threads at once ("AST constructor
+# recursion depth mismatch"), and run_cached runs in a thread pool.
+_PARSING = threading.Lock()
+
+
 def _code(path: Path) -> bytes:
   """A Python file's code without its docstrings and comments: editing the docs reruns nothing."""
-  tree = ast.parse(path.read_text())
+  with _PARSING:
+    tree = ast.parse(path.read_text())
   for node in ast.walk(tree):
     body = getattr(node, "body", None)
     first = body[0] if isinstance(body, list) and body else None
