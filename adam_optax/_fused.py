@@ -352,7 +352,6 @@ def _mode(options: LeafOptions) -> int:
     (options.amsgrad, _kernel.AMSGRAD),
     (options.nu_correction == "inside", _kernel.INSIDE),
     (options.infinity_norm, _kernel.INFINITY),
-    (True, _kernel.APPLY | _kernel.HAS_PARAMS),
   ]
   return sum(bit for on, bit in bits if on)
 

@@ -42,7 +42,7 @@ from jax.experimental.custom_partitioning import (
 # both must match csrc/adam_fused_cpu.cc.
 LIBRARY = "_adam_fused_cpu.so"
 NOTE = "_adam_fused_cpu.not-built.txt"  # the build's reason, when it could not build LIBRARY
-ABI_VERSION = 3
+ABI_VERSION = 4
 TARGETS = {
   np.dtype(np.float32): "adam_optax_fused_f32",
   np.dtype(np.float64): "adam_optax_fused_f64",
@@ -53,9 +53,7 @@ _SYMBOLS = {
 }
 
 # Bits of the kernel's "mode" attribute and of its per-leaf flags.
-NESTEROV, AMSGRAD, INSIDE, INFINITY, APPLY, HAS_PARAMS, UNIT_LR, UNIT_DECAY = (
-  1 << i for i in range(8)
-)
+NESTEROV, AMSGRAD, INSIDE, INFINITY, UNIT_LR, UNIT_DECAY = (1 << i for i in range(6))
 DECAY = 1
 
 
@@ -122,12 +120,12 @@ class Call:
 
   @property
   def inputs_per_leaf(self) -> int:
-    """g, m, v, [nu_max], [p]."""
-    return 3 + bool(self.mode & AMSGRAD) + bool(self.mode & HAS_PARAMS)
+    """g, m, v, [nu_max], p."""
+    return 4 + bool(self.mode & AMSGRAD)
 
   @property
   def outputs_per_leaf(self) -> int:
-    """out, m, v, [nu_max]."""
+    """p, m, v, [nu_max]."""
     return 3 + bool(self.mode & AMSGRAD)
 
   def leaves(self, operands: Sequence[Any]) -> list[Sequence[Any]]:
@@ -136,30 +134,26 @@ class Call:
     return [operands[i : i + size] for i in range(0, len(operands), size)]
 
   def result_types(self, operands: Sequence[Any]) -> list[jax.ShapeDtypeStruct]:
-    """The results' shapes and dtypes: out (like g, or like p with APPLY), then the state's."""
+    """The results' shapes and dtypes: the new params, then the state's."""
     types = []
     for leaf in self.leaves(operands):
-      out = leaf[-1] if self.mode & APPLY else leaf[0]
-      for array in (out, *leaf[1 : self.outputs_per_leaf]):
+      for array in (leaf[-1], *leaf[1 : self.outputs_per_leaf]):
         types.append(jax.ShapeDtypeStruct(jnp.shape(array), jnp.result_type(array)))
     return types
 
   def aliases(self) -> dict[int, int]:
     """Operand -> result aliasing: everything is updated in place.
 
-    The state over the state; with APPLY the params over the params, else the
-    updates over the gradients. (Where an operand is still needed afterwards,
-    e.g. gradients passed to a jitted step without donation, XLA copies it
-    first. Inside a training step the gradients are a temporary that nothing
-    else reads, and the updates then need no buffer of their own.)
+    The state over the state, the params over the params. (Where an operand
+    is still needed afterwards, e.g. params passed to a jitted step without
+    donation, XLA copies it first.)
     """
     ins, outs = self.inputs_per_leaf, self.outputs_per_leaf
     pairs = {}
     for leaf in range(len(self.leaf_flags)):
       for k in range(1, outs):  # m, v, nu_max; operand 0 is the scalars
         pairs[1 + leaf * ins + k] = leaf * outs + k
-      out_operand = ins - 1 if self.mode & APPLY else 0  # p, or g
-      pairs[1 + leaf * ins + out_operand] = leaf * outs
+      pairs[1 + leaf * ins + ins - 1] = leaf * outs  # p
     return pairs
 
 
@@ -267,11 +261,10 @@ def fused_call(call: Call, scalars: jax.Array, operands: list[jax.Array]) -> lis
   Args:
     call: the static configuration.
     scalars: the per-step scalars (csrc's ``enum Scalar``), of ``call.dtype``.
-    operands: per leaf ``g, m, v, [nu_max], [p]``, leaf after leaf.
+    operands: per leaf ``g, m, v, [nu_max], p``, leaf after leaf.
 
   Returns:
-    Per leaf ``out, m, v, [nu_max]``: ``out`` is the update, or the new params
-    with ``APPLY``.
+    Per leaf the new params ``p + u`` and ``m, v, [nu_max]``.
   """
 
   @jax.custom_batching.custom_vmap

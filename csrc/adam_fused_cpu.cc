@@ -3,7 +3,7 @@
 // This is an implementation of adam_optax's chain
 //
 //   scale_by_moments -> bias_correction -> [add_decayed_weights] -> scale_by_lr
-//   [-> optax.apply_updates]
+//   -> optax.apply_updates
 //
 // never a second definition of it: every per-step scalar (the EMA weights, the
 // bias corrections, eps scaled by c_2(t), NAdam's weights, the learning rate
@@ -25,10 +25,9 @@
 // last chunk is done.
 //
 // Operands: scalars (kNumScalars values of the compute dtype), then per leaf
-//   g, m, v, [x = nu_max, with kAmsgrad], [p, with kHasParams].
-// Results per leaf: out (the update, or the new params with kApply), m, v, [x].
-// The state results alias their operands (input_output_aliases), and out
-// aliases p under kApply, else g: the step is in place.
+//   g, m, v, [x = nu_max, with kAmsgrad], p.
+// Results per leaf: the new params p + u, m, v, [x]. Every result aliases its
+// operand (input_output_aliases): the step is in place.
 
 #include <algorithm>
 #include <atomic>
@@ -53,21 +52,19 @@ namespace {
 
 // Bumped whenever the operands, attributes, scalars or arithmetic change; the
 // Python loader refuses a library built from another version of this file.
-constexpr int32_t kAbiVersion = 3;
+constexpr int32_t kAbiVersion = 4;
 
 // Bits of the "mode" attribute (adam_optax/_fused.py writes them).
 constexpr int64_t kNesterov = 1 << 0;   // numerator weight_mu * m + weight_g * g
 constexpr int64_t kAmsgrad = 1 << 1;    // running maximum x of the second moment
 constexpr int64_t kInside = 1 << 2;     // second moment divided by c_2(t) first
 constexpr int64_t kInfinity = 1 << 3;   // AdaMax: v = max(b2 v, |g| + eps), no root
-constexpr int64_t kApply = 1 << 4;      // write p + u over p instead of u
-constexpr int64_t kHasParams = 1 << 5;  // a p operand follows each leaf's state
 // The learning rate (weight decay rate) is the constant 1 in XLA's program:
 // XLA then drops the multiply by it and fuses the product before it into the
 // add after it instead (see StageB).
-constexpr int64_t kUnitLr = 1 << 6;
-constexpr int64_t kUnitDecay = 1 << 7;
-constexpr int64_t kKnownModes = (1 << 8) - 1;
+constexpr int64_t kUnitLr = 1 << 4;
+constexpr int64_t kUnitDecay = 1 << 5;
+constexpr int64_t kKnownModes = (1 << 6) - 1;
 
 // Bits of the per-leaf "leaf_flags" attribute.
 constexpr int64_t kDecay = 1 << 0;  // add weight_decay * p (AdamW; mask true)
@@ -200,12 +197,6 @@ inline void Store(void* base, ffi::DataType type, int64_t offset, int64_t n, con
   }
 }
 
-// An output that is computed in place when it holds C, else in `tmp`.
-template <typename C>
-inline C* Target(void* base, ffi::DataType type, int64_t offset, C* tmp) {
-  return type == kComputeType<C> ? static_cast<C*>(base) + offset : tmp;
-}
-
 // XLA:CPU's maximum: a if a >= b or a is NaN, else b (so NaN propagates).
 template <typename C>
 inline C Max(C a, C b) {
@@ -233,7 +224,7 @@ inline C MulAdd(C a, C b, C c) {
 // ---------------------------------------------------------------------------
 // The arithmetic. Stage A is scale_by_moments' leaf function: it updates the
 // moments in place and writes the ratio r. Stage B is the rest of the chain on
-// r: bias correction, weight decay, learning rate (and apply_updates), each
+// r: bias correction, weight decay, learning rate and apply_updates, each
 // rounded to the update's storage type U as the chain's per-leaf maps round.
 
 enum Denominator : int { kRoot = 0, kRootInside = 1, kNorm = 2 };
@@ -280,18 +271,17 @@ __attribute__((always_inline)) inline void StageA(int64_t n, const C* __restrict
   }
 }
 
-// out = ((round(r) * factor [+ rate * p]) * -lr), rounded to U after each
-// map; with kApp the new params p + out are written over p instead. With U the
-// compute type nothing is rounded in between, so XLA's loop holds the products
-// in registers and fuses them into the adds (see MulAdd); otherwise each map's
-// result goes through U and only rate * p can be fused. Where the rate (kUnit)
+// p + ((round(r) * factor [+ rate * p]) * -lr), rounded to U after each map,
+// written over p. With U the compute type nothing is rounded in between, so
+// XLA's loop holds the products in registers and fuses them into the adds (see
+// MulAdd); otherwise each map's result goes through U and only rate * p can be
+// fused. Where the rate (kUnit)
 // or the learning rate (kUnitLr) is the constant 1, XLA's program has no
 // multiply by it, and the product before it is fused into the add instead:
 // p + r * factor and, without decay, p - r * factor.
-template <typename C, typename U, bool kFma, bool kDec, bool kApp, bool kUnit, bool kUnitLr>
+template <typename C, typename U, bool kFma, bool kDec, bool kUnit, bool kUnitLr>
 __attribute__((always_inline)) inline void StageB(int64_t n, const C* __restrict r,
-                                                  C* __restrict p, C* __restrict out,
-                                                  const C* s) {
+                                                  C* __restrict p, const C* s) {
   const C factor = s[kFactor], rate = s[kRate], neg_lr = s[kNegLr];
   for (int64_t i = 0; i < n; ++i) {
     C u;
@@ -303,22 +293,16 @@ __attribute__((always_inline)) inline void StageB(int64_t n, const C* __restrict
       } else {
         u = r[i] * factor;
       }
-      if constexpr (kApp && kUnitLr && !kDec) {
+      if constexpr (kUnitLr && !kDec) {
         p[i] = MulAdd<kFma>(-r[i], factor, p[i]);
-      } else if constexpr (kApp) {
-        p[i] = MulAdd<kFma>(u, neg_lr, p[i]);
       } else {
-        out[i] = u * neg_lr;
+        p[i] = MulAdd<kFma>(u, neg_lr, p[i]);
       }
     } else {
       u = RoundTo<C, U>(RoundTo<C, U>(r[i]) * factor);
       if constexpr (kDec) u = RoundTo<C, U>(MulAdd<kFma>(rate, p[i], u));
       u = RoundTo<C, U>(u * neg_lr);
-      if constexpr (kApp) {
-        p[i] = RoundTo<C, U>(p[i] + u);
-      } else {
-        out[i] = u;
-      }
+      p[i] = RoundTo<C, U>(p[i] + u);
     }
   }
 }
@@ -329,9 +313,8 @@ struct Leaf {
   void* m;
   void* v;
   void* x;    // nu_max, or null
-  void* p;    // params, or null
-  void* out;  // the update; with kApply the same buffer as p
-  ffi::DataType tg, tm, tv, tx, tp, tout;
+  void* p;    // params, updated in place
+  ffi::DataType tg, tm, tv, tx, tp;
   int64_t size;
   int64_t flags;
 };
@@ -358,26 +341,21 @@ __attribute__((always_inline)) inline void DispatchA(int64_t mode, int64_t n, co
 #undef ADAM_OPTAX_CASE_A
 }
 
-template <typename C, typename U, bool kFma, bool kDec, bool kApp>
+template <typename C, typename U, bool kFma, bool kDec>
 __attribute__((always_inline)) inline void DispatchUnit(int64_t mode, int64_t n, const C* r,
-                                                        C* p, C* out, const C* s) {
+                                                        C* p, const C* s) {
   const bool unit = mode & kUnitDecay, unit_lr = mode & kUnitLr;
-  if (unit && unit_lr) return StageB<C, U, kFma, kDec, kApp, true, true>(n, r, p, out, s);
-  if (unit) return StageB<C, U, kFma, kDec, kApp, true, false>(n, r, p, out, s);
-  if (unit_lr) return StageB<C, U, kFma, kDec, kApp, false, true>(n, r, p, out, s);
-  return StageB<C, U, kFma, kDec, kApp, false, false>(n, r, p, out, s);
+  if (unit && unit_lr) return StageB<C, U, kFma, kDec, true, true>(n, r, p, s);
+  if (unit) return StageB<C, U, kFma, kDec, true, false>(n, r, p, s);
+  if (unit_lr) return StageB<C, U, kFma, kDec, false, true>(n, r, p, s);
+  return StageB<C, U, kFma, kDec, false, false>(n, r, p, s);
 }
 
 template <typename C, typename U, bool kFma>
-__attribute__((always_inline)) inline void DispatchB(bool decay, bool apply, int64_t mode,
-                                                     int64_t n, const C* r, C* p, C* out,
-                                                     const C* s) {
-  if (decay) {
-    if (apply) return DispatchUnit<C, U, kFma, true, true>(mode, n, r, p, out, s);
-    return DispatchUnit<C, U, kFma, true, false>(mode, n, r, p, out, s);
-  }
-  if (apply) return DispatchUnit<C, U, kFma, false, true>(mode, n, r, p, out, s);
-  return DispatchUnit<C, U, kFma, false, false>(mode, n, r, p, out, s);
+__attribute__((always_inline)) inline void DispatchB(bool decay, int64_t mode, int64_t n,
+                                                     const C* r, C* p, const C* s) {
+  if (decay) return DispatchUnit<C, U, kFma, true>(mode, n, r, p, s);
+  return DispatchUnit<C, U, kFma, false>(mode, n, r, p, s);
 }
 
 // Elements [begin, end) of one leaf, a block at a time.
@@ -386,8 +364,8 @@ __attribute__((always_inline)) inline void ProcessLeafT(const Leaf& leaf, const 
                                                         int64_t mode, int64_t begin,
                                                         int64_t end) {
   alignas(64) C g_tmp[kBlock], m_tmp[kBlock], v_tmp[kBlock], x_tmp[kBlock];
-  alignas(64) C p_tmp[kBlock], out_tmp[kBlock], r[kBlock];
-  const bool ams = mode & kAmsgrad, apply = mode & kApply;
+  alignas(64) C p_tmp[kBlock], r[kBlock];
+  const bool ams = mode & kAmsgrad;
   const bool decay = leaf.flags & kDecay;
   for (int64_t offset = begin; offset < end; offset += kBlock) {
     const int64_t n = std::min(kBlock, end - offset);
@@ -399,23 +377,22 @@ __attribute__((always_inline)) inline void ProcessLeafT(const Leaf& leaf, const 
     Store<C>(leaf.m, leaf.tm, offset, n, m);
     Store<C>(leaf.v, leaf.tv, offset, n, v);
     if (ams) Store<C>(leaf.x, leaf.tx, offset, n, x);
-    C* p = (decay || apply) ? Load<C>(leaf.p, leaf.tp, offset, n, p_tmp) : p_tmp;
-    C* out = apply ? p : Target<C>(leaf.out, leaf.tout, offset, out_tmp);
+    C* p = Load<C>(leaf.p, leaf.tp, offset, n, p_tmp);
     if constexpr (std::is_same_v<C, float>) {
-      switch (leaf.tout) {
+      switch (leaf.tp) {
         case ffi::DataType::BF16:
-          DispatchB<C, Bf16, kFma>(decay, apply, mode, n, r, p, out, s);
+          DispatchB<C, Bf16, kFma>(decay, mode, n, r, p, s);
           break;
         case ffi::DataType::F16:
-          DispatchB<C, F16, kFma>(decay, apply, mode, n, r, p, out, s);
+          DispatchB<C, F16, kFma>(decay, mode, n, r, p, s);
           break;
         default:
-          DispatchB<C, C, kFma>(decay, apply, mode, n, r, p, out, s);
+          DispatchB<C, C, kFma>(decay, mode, n, r, p, s);
       }
     } else {
-      DispatchB<C, C, kFma>(decay, apply, mode, n, r, p, out, s);
+      DispatchB<C, C, kFma>(decay, mode, n, r, p, s);
     }
-    Store<C>(leaf.out, leaf.tout, offset, n, out);
+    Store<C>(leaf.p, leaf.tp, offset, n, p);
   }
 }
 
@@ -594,9 +571,8 @@ std::string Plan(Job<C>& job, ffi::AnyBuffer scalars, const ffi::RemainingArgs& 
   if (scalars.element_type() != kComputeType<C> || scalars.element_count() != kNumScalars) {
     return "the scalars operand has the wrong type or length";
   }
-  const bool ams = mode & kAmsgrad, has_p = mode & kHasParams, apply = mode & kApply;
-  if (apply && !has_p) return "kApply needs the params";
-  const size_t ins = 3 + ams + has_p, outs = 3 + ams;
+  const bool ams = mode & kAmsgrad;
+  const size_t ins = 4 + ams, outs = 3 + ams;
   const size_t num_leaves = leaf_flags.size();
   if (args.size() != ins * num_leaves || rets.size() != outs * num_leaves) {
     return "operand count does not match leaf_flags";
@@ -611,11 +587,11 @@ std::string Plan(Job<C>& job, ffi::AnyBuffer scalars, const ffi::RemainingArgs& 
   for (size_t i = 0; i < num_leaves; ++i) {
     const XLA_FFI_Buffer* b[5] = {in.at(ins * i), in.at(ins * i + 1), in.at(ins * i + 2),
                                   ams ? in.at(ins * i + 3) : nullptr,
-                                  has_p ? in.at(ins * i + 3 + ams) : nullptr};
+                                  in.at(ins * i + 3 + ams)};
     const XLA_FFI_Buffer* r[4] = {out.at(outs * i), out.at(outs * i + 1), out.at(outs * i + 2),
                                   ams ? out.at(outs * i + 3) : nullptr};
     for (int k = 0; k < 5; ++k) {
-      if ((k < 3 || (k == 3 && ams) || (k == 4 && has_p)) && b[k] == nullptr) {
+      if ((k != 3 || ams) && b[k] == nullptr) {
         return "an operand is not a buffer";
       }
     }
@@ -628,31 +604,29 @@ std::string Plan(Job<C>& job, ffi::AnyBuffer scalars, const ffi::RemainingArgs& 
     leaf.m = r[1]->data;
     leaf.v = r[2]->data;
     leaf.x = ams ? r[3]->data : nullptr;
-    leaf.p = has_p ? b[4]->data : nullptr;
-    leaf.out = r[0]->data;
+    leaf.p = r[0]->data;
     leaf.tg = TypeOf(b[0]);
     leaf.tm = TypeOf(b[1]);
     leaf.tv = TypeOf(b[2]);
     leaf.tx = ams ? TypeOf(b[3]) : leaf.tv;
-    leaf.tp = has_p ? TypeOf(b[4]) : leaf.tg;
-    leaf.tout = TypeOf(r[0]);
+    leaf.tp = TypeOf(b[4]);
     leaf.size = size;
     leaf.flags = leaf_flags[i];
     // The state is updated in place: its results must alias its operands.
     const bool aliased = b[1]->data == r[1]->data && b[2]->data == r[2]->data &&
                          (!ams || b[3]->data == r[3]->data) &&
-                         (!apply || b[4]->data == r[0]->data);
+                         b[4]->data == r[0]->data;
     if (!aliased) return "state results must alias their operands";
     for (int k = 1; k < 5; ++k) {
       if (b[k] != nullptr && Count(b[k]) != size) return "operands of one leaf differ in size";
     }
     for (int k = 0; k < 3 + ams; ++k) {
       if (Count(r[k]) != size) return "results of one leaf differ in size";
-      if (TypeOf(r[k]) != TypeOf(b[k == 0 ? (apply ? 4 : 0) : k])) {
+      if (TypeOf(r[k]) != TypeOf(b[k == 0 ? 4 : k])) {
         return "a result's type differs from its operand's";
       }
     }
-    const ffi::DataType types[] = {leaf.tg, leaf.tm, leaf.tv, leaf.tx, leaf.tp, leaf.tout};
+    const ffi::DataType types[] = {leaf.tg, leaf.tm, leaf.tv, leaf.tx, leaf.tp};
     for (ffi::DataType type : types) {
       if (!Supported<C>(type)) return "unsupported element type";
     }
