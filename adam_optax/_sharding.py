@@ -41,6 +41,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from adam_optax._fused import update_and_apply
+
 PyTree = Any
 AxisNames = str | tuple[str, ...]
 _MISSING = "no sharding"  # a leaf, unlike None
@@ -367,7 +369,8 @@ def sharded_train_step(
   """A jitted ``step(params, state, batch) -> (params, state, loss)`` that keeps its shardings.
 
   The step computes ``jax.value_and_grad(loss_fn)(params, batch)``, applies
-  ``optimizer``, and returns params and state in exactly the shardings they
+  ``optimizer`` with :func:`adam_optax.update_and_apply` (so an optimizer made
+  with ``fused=True`` runs its kernel), and returns params and state in exactly the shardings they
   came in with, step after step. With a ZeRO-1 state the partitioner reduces
   the gradients, updates each state shard where it lives and gathers the
   updates back onto the replicated params; nothing else is communicated. It
@@ -440,9 +443,7 @@ def sharded_train_step(
       "sharded_train_step", params, param_shardings
     )
     loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-    updates, state = optimizer.update(grads, state, params)
-    updates = _constrain(updates, full_param_shardings)
-    params = optax.apply_updates(params, updates)
+    params, state = update_and_apply(optimizer, grads, state, params)
     params = _constrain(params, full_param_shardings)
     state = _constrain(state, state_shardings)
     return params, state, loss

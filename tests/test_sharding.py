@@ -202,6 +202,8 @@ def test_state_keeps_shardings_and_matches_single_device(request, axis_type, dty
       _assert_shardings(params, jax.tree.map(lambda _: replicated, params))
       assert loss.sharding.is_fully_replicated
   assert step._cache_size() == 1  # the state it returns is what it takes: no recompilation
+  lowered = step.jitted.lower(params, state, jax.device_put(batches[0], batch_sharding))
+  assert ("adam_optax_fused_f" in lowered.compile().as_text()) == fused  # the fused kernel
 
   ref_params, ref_state = _reference_run(optimizer, host_params, batches)
   assert jax.tree.leaves(params)[0].dtype == dtype
