@@ -1,5 +1,6 @@
 """Test configuration: simulated CPU devices, x64 on demand, strict promotion helper, one
-compilation cache per test process, slow tests first.
+compilation cache per test process, slow tests first, device-count skips, exact float32 matmuls
+on accelerators.
 
 ``XLA_FLAGS`` must be set before JAX initialises its backend, so it is set here,
 at import time, before any test module imports jax.
@@ -33,6 +34,22 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 def pytest_unconfigure(config: pytest.Config) -> None:
   del config
   shutil.rmtree(COMPILATION_CACHE, ignore_errors=True)
+
+
+if jax.default_backend() != "cpu":
+  # The parity tests compare float32 arithmetic with float32 references; XLA's GPU
+  # matmuls would otherwise run in TF32 (10-bit mantissas).
+  jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+  """Skips a test marked ``devices(n)`` where JAX has fewer than ``n`` devices, naming them."""
+  marker = item.get_closest_marker("devices")
+  if marker is not None and jax.device_count() < marker.args[0]:
+    pytest.skip(
+      f"needs {marker.args[0]} devices; the {jax.default_backend()} backend has "
+      f"{jax.device_count()} (on CPU this conftest simulates 8)"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

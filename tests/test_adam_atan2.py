@@ -14,6 +14,7 @@ from adam_atan2_pytorch import AdamAtan2
 import adam_optax
 from tests.modern_checks import (
   check_composes,
+  check_zero1,
   corrected_moments,
   linear_decay,
   problems,
@@ -160,3 +161,8 @@ def test_scale_by_atan_rejects_a_zero_b():
 
 def test_composes(strict_promotion):
   check_composes(lambda learning_rate: adam_optax.adam_atan2(learning_rate, weight_decay=0.1))
+
+
+@pytest.mark.devices(8)
+def test_zero1_state_shardings():
+  check_zero1(lambda learning_rate: adam_optax.adam_atan2(learning_rate, weight_decay=0.1))

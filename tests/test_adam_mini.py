@@ -188,6 +188,7 @@ def test_composes_with_inject_hyperparams_multisteps_and_skip_nonfinite():
   )
 
 
+@pytest.mark.devices(8)
 def test_zero1_shardings_and_buckets():
   mesh = jax.make_mesh((8,), ("data",))
   params = {"w": jnp.ones((16, 8)), "b": jnp.ones(8)}

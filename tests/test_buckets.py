@@ -143,6 +143,7 @@ def test_groups_compose_with_optax_masked():
   np.testing.assert_array_equal(by_leaf["bias"], np.zeros(2))
 
 
+@pytest.mark.devices(8)
 def test_padded_buckets_take_zero1_sharding():
   devices = jax.devices()
   tree = {"a": jnp.ones(13, jnp.float32), "b": jnp.ones((3, 3), jnp.float32)}

@@ -17,6 +17,7 @@ from pytorch_optimizer import Lion
 import adam_optax
 from tests.modern_checks import (
   check_composes,
+  check_zero1,
   corrected_moments,
   linear_decay,
   problems,
@@ -194,3 +195,8 @@ def test_bad_arguments_are_named():
 
 def test_composes(strict_promotion):
   check_composes(lambda learning_rate: adam_optax.cautious(adam_optax.adamw(learning_rate)))
+
+
+@pytest.mark.devices(8)
+def test_zero1_state_shardings():
+  check_zero1(lambda learning_rate: adam_optax.cautious(adam_optax.adamw(learning_rate)))

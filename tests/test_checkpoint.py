@@ -156,6 +156,7 @@ def _sharded_run(name: str, mesh: Any, params: Any, state: Any, first: int, last
   return params, state, shardings
 
 
+@pytest.mark.devices(8)
 @pytest.mark.slow
 @pytest.mark.parametrize("devices", [4, 1])
 def test_a_zero1_state_saved_on_8_devices_restores_onto_fewer(tmp_path: Path, devices: int):
@@ -321,6 +322,7 @@ def test_an_optax_adam_checkpoint_is_another_layout_and_converts(tmp_path: Path)
   _assert_bitwise_equal(state[0].nu, old_state[0].nu)
 
 
+@pytest.mark.devices(8)
 def test_an_async_save_survives_the_next_donated_steps(tmp_path: Path) -> None:
   """orbax's asynchronous save copies the arrays before the next step donates them."""
   mesh = jax.make_mesh((8,), ("data",))

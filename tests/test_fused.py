@@ -557,6 +557,7 @@ def _mlp(seed=0):
   return {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
 
 
+@pytest.mark.devices(8)
 @pytest.mark.parametrize("layout", ["zero1", "fsdp"])
 def test_sharded_operands_run_the_kernel_per_shard_without_gathering(layout):
   """8 simulated devices: each device updates its shards; no collective is added."""

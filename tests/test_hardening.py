@@ -41,6 +41,7 @@ def _step(optimizer, params, state, grads):
 # 1. Explicit-mesh sharding is kept by init, so the state's type is stable.
 
 
+@pytest.mark.devices(8)
 @pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
 @pytest.mark.parametrize("name", sorted(FAMILY))
 def test_1_init_keeps_the_params_sharding_like_optax(name, axis_type):
@@ -64,6 +65,7 @@ def test_1_init_keeps_the_params_sharding_like_optax(name, axis_type):
   jax.lax.scan(body, state, length=2)
 
 
+@pytest.mark.devices(8)
 @pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
 def test_1_jitted_step_on_a_mesh_compiles_once(axis_type):
   """The counts are born replicated on the params' mesh, where the step leaves them.
@@ -400,6 +402,7 @@ def test_10_a_prefix_mask_is_still_accepted():
     ("model", ValueError, "'model' is not an axis of the params' mesh"),
   ],
 )
+@pytest.mark.devices(8)
 def test_10_zero1_axis_is_validated(axis, error, message):
   mesh = jax.make_mesh((8,), ("data",))
   with pytest.raises(error, match=re.escape(message)):
@@ -447,6 +450,7 @@ def test_11_inject_hyperparams_with_complex_params_matches_the_plain_optimizer(n
 # 12. Donated inputs reused after sharded_train_step: an error, not a segfault.
 
 
+@pytest.mark.devices(8)
 def test_12_reusing_donated_inputs_raises_instead_of_crashing():
   """Run in a subprocess: before the fix this killed the interpreter (SIGSEGV)."""
   script = textwrap.dedent(

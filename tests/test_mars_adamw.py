@@ -189,6 +189,7 @@ def test_inject_hyperparams_multisteps_mask_and_skip_nonfinite_compose():
   chex.assert_trees_all_equal(a["b"], b["b"])
 
 
+@pytest.mark.devices(8)
 def test_bfloat16_params_state_dtypes_and_zero1(strict_promotion):
   params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), _tree())
   optimizer = adam_optax.mars_adamw(1e-2, weight_decay=0.1)

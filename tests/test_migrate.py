@@ -787,6 +787,7 @@ def test_names_map_leaves_to_torch_parameters():
   )
 
 
+@pytest.mark.devices(8)
 def test_sharded_targets_keep_their_shardings():
   mesh = jax.make_mesh((8,), ("data",))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
@@ -972,6 +973,7 @@ def test_quantized_states_convert_through_the_quantization(bits):
     np.testing.assert_array_equal(back["state"][0]["exp_avg"], plain.mu[0])
 
 
+@pytest.mark.devices(8)
 def test_quantized_states_keep_sharded_params_placement():
   mesh = jax.make_mesh((8,), ("data",))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))

@@ -117,6 +117,7 @@ def test_skip_nonfinite_leaves_params_and_state_unchanged(name):
   chex.assert_trees_all_equal(after.inner_state, state.inner_state)
 
 
+@pytest.mark.devices(8)
 @pytest.mark.parametrize("name", MEMBERS)
 def test_zero1_state_shardings(name):
   optimizer = build(name)

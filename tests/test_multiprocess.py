@@ -84,6 +84,7 @@ def _run_two_processes(tmp_path: Path, *flags: str) -> tuple[Path, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.devices(8)
 def test_two_processes_equal_one_process(tmp_path, x64):
   """In float64, so that the check is tight.
 
@@ -108,6 +109,7 @@ def test_two_processes_equal_one_process(tmp_path, x64):
 
 
 @pytest.mark.slow
+@pytest.mark.devices(8)
 def test_example_single_process_report(capsys):
   _example().main(["--steps", "3"])
   text = capsys.readouterr().out

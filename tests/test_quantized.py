@@ -291,6 +291,7 @@ def test_bucketed_params():
   np.testing.assert_allclose(layout.unbucket(updates)["b"], -1e-2, rtol=1e-3)
 
 
+@pytest.mark.devices(8)
 def test_zero1_splits_the_quantized_blocks_and_matches_one_device():
   mesh = jax.make_mesh((8,), ("data",))
   loss, params = _regression(n=64 * 512)
@@ -454,6 +455,7 @@ def test_a_checkpoint_of_another_map_is_refused_on_restore_naming_the_leaf(tmp_p
     jax.jit(optimizer.update)(params, restored, params)
 
 
+@pytest.mark.devices(8)
 def test_params_split_over_an_explicit_mesh():
   """Sharded params: init places the state where state_shardings does; it keeps its type.
 
@@ -618,6 +620,7 @@ def _nnx_train(tx, *, partitioned: bool, steps: int = 20):
   return losses, model, optimizer
 
 
+@pytest.mark.devices(8)
 @pytest.mark.parametrize("partitioned", [False, True])
 def test_flax_nnx_optimizer_trains_20_steps(partitioned):
   """nnx.Optimizer carries the plain-array state (step 2 used to raise; partitioned params

@@ -240,6 +240,7 @@ def test_skip_nonfinite_skips_a_nan_gradient_and_leaves_z_alone():
   chex.assert_trees_all_equal(new_state.inner_state, state.inner_state)
 
 
+@pytest.mark.devices(8)
 def test_zero1_state_shardings_follow_the_params():
   mesh = jax.make_mesh((8,), ("data",))
   params = {"w": jnp.ones((16, 4)), "b": jnp.ones(8)}

@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 import adam_optax
 
+pytestmark = pytest.mark.devices(8)
 STEPS = 3
 
 

@@ -16,6 +16,7 @@ from optimi import StableAdamW
 import adam_optax
 from tests.modern_checks import (
   check_composes,
+  check_zero1,
   linear_decay,
   problems,
   run_problems,
@@ -147,3 +148,8 @@ def test_bad_hyperparameters_are_named(kwargs, message):
 
 def test_composes(strict_promotion):
   check_composes(lambda learning_rate: adam_optax.stable_adamw(learning_rate, weight_decay=0.1))
+
+
+@pytest.mark.devices(8)
+def test_zero1_state_shardings():
+  check_zero1(lambda learning_rate: adam_optax.stable_adamw(learning_rate, weight_decay=0.1))
